@@ -1,0 +1,8 @@
+"""seqjax: recurrent cells (RNN, LSTM, GRU, RWA) as pure JAX functions, and running them over time."""
+
+from seqjax import cells
+from seqjax.cells import Cell
+from seqjax.scan import scan
+
+__all__ = ["cells", "Cell", "scan"]
+__version__ = "0.1.0"

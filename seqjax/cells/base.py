@@ -1,0 +1,57 @@
+"""The `Cell` record shared by every recurrent cell, and the initialisers they use."""
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Params = Any  # a pytree of arrays: a dict for one cell, a tuple of dicts for a stack
+State = Any   # a NamedTuple of [*batch_shape, H] arrays, or a tuple of those for a stack
+
+
+class Cell(NamedTuple):
+  """A recurrent cell as pure functions (the same idea as `optax.GradientTransformation`).
+
+  init(key, input_size) -> params
+  initial_state(params, batch_shape) -> state
+  step(params, state, x_t) -> (state, h_t);  x_t: [*batch_shape, F] -> h_t: [*batch_shape, H]
+  """
+  init: Callable[..., Params]
+  initial_state: Callable[..., State]
+  step: Callable[..., tuple]
+  name: str
+  hidden_size: int
+
+
+def check_size(what: str, value) -> int:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"{what} must be a positive int, got {value!r}")
+  return value
+
+
+def state_dtype(params_dtype):
+  # Carries and accumulators stay at least float32 whatever precision the weights are in.
+  return jnp.promote_types(params_dtype, jnp.float32)
+
+
+glorot = jax.nn.initializers.glorot_uniform()
+orthogonal = jax.nn.initializers.orthogonal()
+
+
+def orthogonal_blocks(key, hidden_size: int, num_blocks: int, dtype=jnp.float32):
+  """[H, num_blocks*H]: one independent orthogonal [H, H] block per gate."""
+  keys = jax.random.split(key, num_blocks)
+  return jnp.concatenate(
+      [orthogonal(k, (hidden_size, hidden_size), dtype) for k in keys], axis=-1)
+
+
+def glorot_blocks(key, fan_in: int, hidden_size: int, num_blocks: int, dtype=jnp.float32):
+  """[F, num_blocks*H]: each gate's block Glorot-uniform over its own (F, H) fans."""
+  keys = jax.random.split(key, num_blocks)
+  return jnp.concatenate(
+      [glorot(k, (fan_in, hidden_size), dtype) for k in keys], axis=-1)
+
+
+def bias(b, like):
+  """b [K] reshaped to broadcast against like [*batch, K] (explicit: no implicit rank promotion)."""
+  return b.reshape((1,) * (like.ndim - 1) + b.shape)

@@ -1,0 +1,50 @@
+"""GRU with PyTorch/cuDNN gate order r, z, n and PyTorch's two biases.
+
+  r = σ(x W_xr + b_xr + h W_hr + b_hr)
+  z = σ(x W_xz + b_xz + h W_hz + b_hz)
+  n = tanh(x W_xn + b_xn + r (h W_hn + b_hn))
+  h_t = (1 - z) n + z h_{t-1},      h_0 = 0
+
+Init: W_x Glorot-uniform per gate, W_h orthogonal per gate, biases 0.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cells.base import Cell, bias, check_size, glorot_blocks, orthogonal_blocks, state_dtype
+
+
+class GRUState(NamedTuple):
+  h: jax.Array  # [*batch, H]
+
+
+def gru(hidden_size: int) -> Cell:
+  H = check_size("hidden_size", hidden_size)
+
+  def init(key, input_size: int):
+    F = check_size("input_size", input_size)
+    kx, kh = jax.random.split(key)
+    return {"W_x": glorot_blocks(kx, F, H, 3),
+            "W_h": orthogonal_blocks(kh, H, 3),
+            "b_x": jnp.zeros((3 * H,), jnp.float32),
+            "b_h": jnp.zeros((3 * H,), jnp.float32)}
+
+  def initial_state(params, batch_shape=()):
+    return GRUState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype)))
+
+  def step(params, state, x_t):
+    gx = x_t @ params["W_x"]
+    gx = gx + bias(params["b_x"], gx)
+    gh = state.h @ params["W_h"]
+    gh = gh + bias(params["b_h"], gh)
+    xr, xz, xn = jnp.split(gx, 3, axis=-1)
+    hr, hz, hn = jnp.split(gh, 3, axis=-1)
+    r = jax.nn.sigmoid(xr + hr)
+    z = jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    h = ((1 - z) * n + z * state.h).astype(state.h.dtype)
+    return GRUState(h), h
+
+  return Cell(init, initial_state, step, "gru", H)

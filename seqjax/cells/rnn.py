@@ -1,0 +1,37 @@
+"""Elman RNN:  h_t = tanh(x_t W_x + h_{t-1} W_h + b),  h_0 = 0.
+
+Init (as Keras' SimpleRNN): W_x Glorot-uniform, W_h orthogonal, b = 0.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cells.base import Cell, bias, check_size, glorot, orthogonal, state_dtype
+
+
+class RNNState(NamedTuple):
+  h: jax.Array  # [*batch, H]
+
+
+def rnn(hidden_size: int) -> Cell:
+  H = check_size("hidden_size", hidden_size)
+
+  def init(key, input_size: int):
+    F = check_size("input_size", input_size)
+    kx, kh = jax.random.split(key)
+    return {"W_x": glorot(kx, (F, H), jnp.float32),
+            "W_h": orthogonal(kh, (H, H), jnp.float32),
+            "b": jnp.zeros((H,), jnp.float32)}
+
+  def initial_state(params, batch_shape=()):
+    return RNNState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype)))
+
+  def step(params, state, x_t):
+    pre = x_t @ params["W_x"] + state.h @ params["W_h"]
+    h = jnp.tanh(pre + bias(params["b"], pre))
+    h = h.astype(state.h.dtype)
+    return RNNState(h), h
+
+  return Cell(init, initial_state, step, "rnn", H)

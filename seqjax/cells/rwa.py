@@ -1,0 +1,78 @@
+"""Recurrent weighted average (Ostmeyer & Cowell 2017), in the running-max form.
+
+  u_t = x_t W_u + b_u
+  g_t = x_t W_gx + h_{t-1} W_gh + b_g
+  a_t = x_t W_ax + h_{t-1} W_ah          (no bias: it cancels in n/d)
+  z_t = u_t tanh(g_t)
+  h_t = tanh(n_t / d_t),   n_t = Σ_{i≤t} z_i e^{a_i},   d_t = Σ_{i≤t} e^{a_i},   h_0 = tanh(s0)
+
+Stable form (paper, appendix B): keep m_t = max(m_{t-1}, a_t) and store n, d scaled by e^{-m_t}:
+
+  n_t = n_{t-1} e^{m_{t-1} - m_t} + z_t e^{a_t - m_t}
+  d_t = d_{t-1} e^{m_{t-1} - m_t} +     e^{a_t - m_t}
+
+Every exponent is ≤ 0, so nothing overflows, and d_t ≥ 1 from the first step on, so n/d is never
+0/0. m_0 is the dtype's most negative finite number (not -inf: no inf - inf can arise, and the
+state stays finite), so the first step is exact: e^{m_0 - a_1} underflows to exactly 0.
+h does not depend on m, so m carries no gradient (stop_gradient is exact, and keeps max()'s
+tie-breaking out of the backward pass).
+
+Init as the authors' code: Glorot-uniform weights (W_u over (F, H); W_g and W_a over (F+H, H),
+stored split into input rows and hidden rows), zero biases, s0 ~ N(0, 1).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cells.base import Cell, bias, check_size, glorot, state_dtype
+
+
+class RWAState(NamedTuple):
+  h: jax.Array  # [*batch, H]  tanh(n / d)
+  n: jax.Array  # [*batch, H]  Σ z e^{a - m}
+  d: jax.Array  # [*batch, H]  Σ e^{a - m}
+  m: jax.Array  # [*batch, H]  running max of a
+
+
+def rwa(hidden_size: int) -> Cell:
+  H = check_size("hidden_size", hidden_size)
+
+  def init(key, input_size: int):
+    F = check_size("input_size", input_size)
+    ku, kg, ka, ks = jax.random.split(key, 4)
+    W_g = glorot(kg, (F + H, H), jnp.float32)
+    W_a = glorot(ka, (F + H, H), jnp.float32)
+    return {"W_u": glorot(ku, (F, H), jnp.float32),
+            "b_u": jnp.zeros((H,), jnp.float32),
+            "W_gx": W_g[:F], "W_gh": W_g[F:],
+            "b_g": jnp.zeros((H,), jnp.float32),
+            "W_ax": W_a[:F], "W_ah": W_a[F:],
+            "s0": jax.random.normal(ks, (H,), jnp.float32)}
+
+  def initial_state(params, batch_shape=()):
+    dtype = state_dtype(params["s0"].dtype)
+    shape = (*batch_shape, H)
+    return RWAState(h=jnp.broadcast_to(jnp.tanh(params["s0"]).astype(dtype), shape),
+                    n=jnp.zeros(shape, dtype),
+                    d=jnp.zeros(shape, dtype),
+                    m=jnp.full(shape, jnp.finfo(dtype).min, dtype))
+
+  def step(params, state, x_t):
+    dtype = state.n.dtype
+    u = x_t @ params["W_u"]
+    u = u + bias(params["b_u"], u)
+    g = x_t @ params["W_gx"] + state.h @ params["W_gh"]
+    g = g + bias(params["b_g"], g)
+    a = (x_t @ params["W_ax"] + state.h @ params["W_ah"]).astype(dtype)
+    z = (u * jnp.tanh(g)).astype(dtype)
+    m = jax.lax.stop_gradient(jnp.maximum(state.m, a))
+    rescale = jnp.exp(jax.lax.stop_gradient(state.m) - m)
+    w = jnp.exp(a - m)
+    n = state.n * rescale + z * w
+    d = state.d * rescale + w
+    h = jnp.tanh(n / d).astype(state.h.dtype)
+    return RWAState(h=h, n=n, d=d, m=m), h
+
+  return Cell(init, initial_state, step, "rwa", H)

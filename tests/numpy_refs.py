@@ -1,0 +1,75 @@
+"""Float64 NumPy references of each cell's equations, written from the paper / DESIGN.md table
+and sharing no code with seqjax. Each runs one unbatched sequence xs [T, F] -> hs [T, H]."""
+
+import numpy as np
+
+
+def sigmoid(v):
+  return 1.0 / (1.0 + np.exp(-v))
+
+
+def as64(params):
+  return {k: np.asarray(v, np.float64) for k, v in params.items()}
+
+
+def rnn(params, xs, h0=None):
+  p = as64(params)
+  h = np.zeros(p["b"].shape) if h0 is None else h0
+  hs = []
+  for x in np.asarray(xs, np.float64):
+    h = np.tanh(x @ p["W_x"] + h @ p["W_h"] + p["b"])
+    hs.append(h)
+  return np.stack(hs)
+
+
+def lstm(params, xs):
+  p = as64(params)
+  H = p["W_h"].shape[0]
+  h, c = np.zeros(H), np.zeros(H)
+  hs = []
+  for x in np.asarray(xs, np.float64):
+    pre = x @ p["W_x"] + h @ p["W_h"] + p["b"]
+    i, f, g, o = pre[:H], pre[H:2 * H], pre[2 * H:3 * H], pre[3 * H:]
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    h = sigmoid(o) * np.tanh(c)
+    hs.append(h)
+  return np.stack(hs)
+
+
+def gru(params, xs):
+  p = as64(params)
+  H = p["W_h"].shape[0]
+  h = np.zeros(H)
+  hs = []
+  for x in np.asarray(xs, np.float64):
+    W_x, W_h, b_x, b_h = p["W_x"], p["W_h"], p["b_x"], p["b_h"]
+    blk = lambda k: slice(k * H, (k + 1) * H)
+    r = sigmoid(x @ W_x[:, blk(0)] + b_x[blk(0)] + h @ W_h[:, blk(0)] + b_h[blk(0)])
+    z = sigmoid(x @ W_x[:, blk(1)] + b_x[blk(1)] + h @ W_h[:, blk(1)] + b_h[blk(1)])
+    n = np.tanh(x @ W_x[:, blk(2)] + b_x[blk(2)] + r * (h @ W_h[:, blk(2)] + b_h[blk(2)]))
+    h = (1 - z) * n + z * h
+    hs.append(h)
+  return np.stack(hs)
+
+
+def rwa(params, xs):
+  """The direct definition: h_t = tanh(Σ_{i≤t} z_i e^{a_i} / Σ_{i≤t} e^{a_i}), recomputing the
+  whole weighted average at every step (softmax weights over the history, which is the same
+  ratio with numerator and denominator divided by e^{max a}; no recursion, no running max)."""
+  p = as64(params)
+  h = np.tanh(p["s0"])
+  zs, as_, hs = [], [], []
+  for x in np.asarray(xs, np.float64):
+    u = x @ p["W_u"] + p["b_u"]
+    g = x @ p["W_gx"] + h @ p["W_gh"] + p["b_g"]
+    a = x @ p["W_ax"] + h @ p["W_ah"]
+    zs.append(u * np.tanh(g))
+    as_.append(a)
+    A, Z = np.stack(as_), np.stack(zs)            # [t, H]
+    weights = np.exp(A - A.max(axis=0))           # the ratio is unchanged by a common factor
+    h = np.tanh((Z * weights).sum(axis=0) / weights.sum(axis=0))
+    hs.append(h)
+  return np.stack(hs)
+
+
+REFERENCES = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa}
