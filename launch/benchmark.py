@@ -1,0 +1,202 @@
+"""Speed and memory of seqjax's cells against the anchors users would otherwise pick.
+
+  python -m launch.benchmark --cell=lstm --batch_size=100 --seq_len=1000 --input_size=2 --hidden_size=128
+
+Times, in one process, interleaved, the median of --repeats runs after warm-up (block_until_ready):
+the train step (forward over T, a linear readout and squared loss at every step, backward, Adam
+update; donated state) and inference (forward only), for seqjax and for the anchors on the same
+shapes: flax nn.RNN(OptimizedLSTMCell | GRUCell | SimpleCell) and, when importable, torch.nn.LSTM /
+GRU / RNN. Ratios are anchor time / seqjax time (> 1: seqjax is faster). --memory adds XLA's
+compiled temp-memory figure of the seqjax train step for several T, with and without remat.
+"""
+
+import json
+import statistics
+import sys
+import time
+
+from absl import app, flags
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import seqjax
+from seqjax import cells, models
+
+CELL = flags.DEFINE_enum("cell", "lstm", list(cells.NAMES), "Cell to time.")
+BATCH = flags.DEFINE_integer("batch_size", 100, "B")
+SEQ_LEN = flags.DEFINE_integer("seq_len", 1000, "T")
+INPUT = flags.DEFINE_integer("input_size", 2, "F")
+HIDDEN = flags.DEFINE_integer("hidden_size", 128, "H")
+REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
+UNROLL = flags.DEFINE_integer("unroll", 1, "seqjax scan unroll.")
+ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch"], "Anchors to time: flax, torch.")
+MEMORY = flags.DEFINE_list("memory", [], "Sequence lengths for the memory table, e.g. 1000,10000,100000.")
+JSON = flags.DEFINE_string("json", None, "Also write the results as JSON to this file.")
+
+FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}
+TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+
+
+def _loss(ys_BxTxH_or_O):
+  return jnp.mean(ys_BxTxH_or_O ** 2)
+
+
+def seqjax_fns(cell, xs, remat=False):
+  params = models.init(cell, jax.random.key(0), xs.shape[-1], 1)
+  tx = optax.adam(1e-3)
+
+  def loss_fn(params, xs):
+    _, hs = seqjax.scan(cell, params["cell"], xs, unroll=UNROLL.value, remat=remat)
+    return _loss(models.readout(params, hs))
+
+  def train_step(state, xs):
+    params, opt_state = state
+    grads = jax.grad(loss_fn)(params, xs)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  def infer(params, xs):
+    return models.readout(params, seqjax.scan(cell, params["cell"], xs, unroll=UNROLL.value)[1])
+
+  return (params, tx.init(params)), jax.jit(train_step, donate_argnums=0), jax.jit(infer)
+
+
+def flax_fns(name, xs):
+  from flax import linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, xs):
+      hs = nn.RNN(getattr(nn, FLAX_CELLS[name])(HIDDEN.value))(xs)
+      return nn.Dense(1)(hs)
+
+  net = Net()
+  params = net.init(jax.random.key(0), xs)
+  tx = optax.adam(1e-3)
+
+  def train_step(state, xs):
+    params, opt_state = state
+    grads = jax.grad(lambda p: _loss(net.apply(p, xs)))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return (params, tx.init(params)), jax.jit(train_step, donate_argnums=0), jax.jit(net.apply)
+
+
+def torch_fns(name, xs_np):
+  import torch
+  torch.manual_seed(0)
+  rnn = getattr(torch.nn, TORCH_CELLS[name])(INPUT.value, HIDDEN.value, batch_first=True)
+  head = torch.nn.Linear(HIDDEN.value, 1)
+  opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
+  xs = torch.from_numpy(np.array(xs_np))  # a writable copy
+
+  def train_step():
+    opt.zero_grad(set_to_none=True)
+    loss = (head(rnn(xs)[0]) ** 2).mean()
+    loss.backward()
+    opt.step()
+
+  def infer():
+    with torch.no_grad():
+      head(rnn(xs)[0])
+
+  return train_step, infer, f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def _time(fn):
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def memory_table(cell, lengths):
+  """Compiled temp bytes of the seqjax train step (XLA memory analysis), by T and remat."""
+  rows = []
+  for T in lengths:
+    xs = jax.ShapeDtypeStruct((BATCH.value, T, INPUT.value), jnp.float32)
+    row = {"T": T}
+    for remat in (False, True):
+      state, _, _ = seqjax_fns(cell, jnp.zeros((1, 1, INPUT.value)), remat)
+      params = state[0]
+      def loss(p, xs, remat=remat):
+        return _loss(models.readout(p, seqjax.scan(cell, p["cell"], xs, remat=remat)[1]))
+      compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
+      row["remat" if remat else "plain"] = compiled.memory_analysis().temp_size_in_bytes
+    rows.append(row)
+  return rows
+
+
+def main(argv):
+  del argv
+  name = CELL.value
+  B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
+  xs = jax.random.normal(jax.random.key(1), (B, T, F), jnp.float32)
+  cell = cells.get(name, hidden_size=HIDDEN.value)
+
+  contenders = {}  # label -> (train thunk, infer thunk)
+  state, step, infer = seqjax_fns(cell, xs)
+  box = {"seqjax": state}
+
+  def seqjax_train():
+    box["seqjax"] = step(box["seqjax"], xs)
+    jax.block_until_ready(box["seqjax"])
+
+  contenders[f"seqjax {name}"] = (seqjax_train,
+                                  lambda: jax.block_until_ready(infer(box["seqjax"][0], xs)))
+  versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
+              "backend": jax.default_backend()}
+  if "flax" in ANCHORS.value and name in FLAX_CELLS:
+    import flax
+    fstate, fstep, finfer = flax_fns(name, xs)
+    box["flax"] = fstate
+
+    def flax_train():
+      box["flax"] = fstep(box["flax"], xs)
+      jax.block_until_ready(box["flax"])
+
+    contenders[f"flax nn.RNN({FLAX_CELLS[name]})"] = (
+        flax_train, lambda: jax.block_until_ready(finfer(box["flax"][0], xs)))
+    versions["flax"] = flax.__version__
+  if "torch" in ANCHORS.value and name in TORCH_CELLS:
+    try:
+      ttrain, tinfer, tversion = torch_fns(name, np.asarray(xs))
+      contenders[f"torch.nn.{TORCH_CELLS[name]}"] = (ttrain, tinfer)
+      versions["torch"] = tversion
+    except ImportError:
+      print("torch not importable: its rows are skipped", file=sys.stderr)
+
+  times = {(label, kind): [] for label in contenders for kind in ("train", "infer")}
+  for label, (train, inf) in contenders.items():  # warm-up: compile and first runs
+    train(); train(); inf(); inf()
+  for _ in range(REPEATS.value):
+    for label, (train, inf) in contenders.items():
+      times[(label, "train")].append(_time(train))
+      times[(label, "infer")].append(_time(inf))
+
+  results = []
+  ours = {kind: statistics.median(times[(f"seqjax {name}", kind)]) for kind in ("train", "infer")}
+  print(f"B={B} T={T} F={F} H={HIDDEN.value} | {versions}")
+  print(f"{'implementation':34s} {'kind':6s} {'ms/step':>9s} {'tokens/s':>10s} {'anchor/seqjax':>14s}")
+  for (label, kind), ts in times.items():
+    med = statistics.median(ts)
+    ratio = med / ours[kind]
+    results.append({"implementation": label, "kind": kind, "ms": 1000 * med,
+                    "tokens_per_s": B * T / med, "anchor_over_seqjax": ratio})
+    print(f"{label:34s} {kind:6s} {1000 * med:9.1f} {B * T / med:10.0f} {ratio:14.2f}")
+  report = {"command": " ".join(sys.argv), "versions": versions, "rows": results}
+  if MEMORY.value:
+    report["memory"] = memory_table(cell, [int(t) for t in MEMORY.value])
+    print(f"{'T':>8s} {'plain MiB':>10s} {'remat MiB':>10s}")
+    for row in report["memory"]:
+      print(f"{row['T']:8d} {row['plain'] / 2**20:10.1f} {row['remat'] / 2**20:10.1f}")
+  if JSON.value:
+    with open(JSON.value, "w") as f:
+      json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,46 @@
+"""The launcher's absl flags (flags live only in launch/) and their translation to a RunConfig."""
+
+import dataclasses
+
+from absl import flags
+
+from seqjax import cells, tasks
+from seqjax.experiment import RunConfig
+
+MODEL = flags.DEFINE_enum("model", "rwa", list(cells.NAMES), "Recurrent cell.")
+TASK = flags.DEFINE_enum("task", "adding", list(tasks.NAMES), "Task to train on.")
+SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Sequence length T (default: the task's).")
+BIT_ORDER = flags.DEFINE_enum("bit_order", "lsb_first", ["lsb_first", "msb_first"],
+                              "binary_addition: which end of the numbers comes first.")
+HIDDEN_SIZE = flags.DEFINE_integer("hidden_size", None, "Units per layer (default: the task's).")
+NUM_LAYERS = flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.")
+BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Batch size (default: the task's, 100).")
+NUM_STEPS = flags.DEFINE_integer("num_steps", None,
+                                 "Training steps (default: the paper's run length for the task).")
+LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 1e-3).")
+CLIP_NORM = flags.DEFINE_float("clip_norm", 0.0, "Global-norm gradient clipping; 0 = off.")
+SEED = flags.DEFINE_integer("seed", 0, "Seed for params, data stream and eval set.")
+EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between evaluations/checkpoints.")
+EVAL_SIZE = flags.DEFINE_integer("eval_size", 1000,
+                                 "Held-out examples (synthetic tasks; datasets use their test split).")
+PERMUTE = flags.DEFINE_boolean("permute", False, "digits/mnist: fixed pixel permutation.")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "mnist: folder with mnist.npz or the IDX files.")
+PREFIX_LEN = flags.DEFINE_integer("prefix_len", 3,
+                                  "Series tasks: observed steps before the free-running evaluation.")
+UNROLL = flags.DEFINE_integer("unroll", 1, "Time steps per loop iteration (speed only).")
+REMAT = flags.DEFINE_boolean("remat", False, "Checkpoint the time loop (memory ~ sqrt(T)).")
+WORKDIR = flags.DEFINE_string("workdir", None,
+                              "Output folder (default: runs/<task>-<model>-T<seq_len>-s<seed>).")
+
+
+def run_config() -> RunConfig:
+  cfg = RunConfig(model=MODEL.value, task=TASK.value, seq_len=SEQ_LEN.value,
+                  bit_order=BIT_ORDER.value, hidden_size=HIDDEN_SIZE.value,
+                  num_layers=NUM_LAYERS.value, batch_size=BATCH_SIZE.value,
+                  num_steps=NUM_STEPS.value, learning_rate=LEARNING_RATE.value,
+                  clip_norm=CLIP_NORM.value, seed=SEED.value, eval_every=EVAL_EVERY.value,
+                  eval_size=EVAL_SIZE.value, permute=PERMUTE.value, data_dir=DATA_DIR.value,
+                  prefix_len=PREFIX_LEN.value, unroll=UNROLL.value, remat=REMAT.value)
+  cfg = cfg.resolved()
+  workdir = WORKDIR.value or f"runs/{cfg.task}-{cfg.model}-T{cfg.seq_len}-s{cfg.seed}"
+  return dataclasses.replace(cfg, workdir=workdir)

@@ -1,0 +1,37 @@
+"""Learning-curve pictures (matplotlib, headless)."""
+
+import io
+import math
+
+from seqjax.checkpoint import write_atomic
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def learning_curves(rows, path: str, title: str, metric: str) -> None:
+  """rows: metrics.jsonl records. Left: train and eval loss (log scale); right: eval_<metric>."""
+  plt = _pyplot()
+  steps = [r["step"] for r in rows]
+  fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
+  for key, label in [("train_loss", "train"), ("eval_loss", "eval")]:
+    ax_loss.plot(steps, [r[key] for r in rows], label=label)
+  if all(r["train_loss"] > 0 and r["eval_loss"] > 0 for r in rows):
+    ax_loss.set_yscale("log")
+  ax_loss.set(xlabel="training step", ylabel="loss", title="loss")
+  ax_loss.legend()
+  values = [r.get(f"eval_{metric}", math.nan) for r in rows]
+  ax_metric.plot(steps, values, color="C2")
+  ax_metric.set(xlabel="training step", ylabel=metric, title=f"eval {metric}")
+  if metric.endswith("mse") and all(v > 0 for v in values):
+    ax_metric.set_yscale("log")
+  fig.suptitle(title)
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  plt.close(fig)
+  write_atomic(path, buf.getvalue())

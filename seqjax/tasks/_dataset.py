@@ -1,0 +1,43 @@
+"""Shared machinery of the image-classification tasks (digits, mnist): pixels one per step."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
+
+PERMUTATION_SEED = 0
+
+
+def pixel_permutation(num_pixels: int) -> np.ndarray:
+  """The fixed permutation of --permute (the same for train and test, and run to run)."""
+  return np.random.default_rng(PERMUTATION_SEED).permutation(num_pixels)
+
+
+def classification_task(name, train_x, train_y, test_x, test_y, permute: bool,
+                        num_classes: int = 10) -> Task:
+  """train_x/test_x: [N, P] float32 pixels in [0, 1]; *_y: [N] int labels."""
+  num_pixels = train_x.shape[1]
+  if permute:
+    perm = pixel_permutation(num_pixels)
+    train_x, test_x = train_x[:, perm], test_x[:, perm]
+  # jnp constants: the sampler only draws indices, so batches never leave the device
+  train_x, test_x = jnp.asarray(train_x, jnp.float32), jnp.asarray(test_x, jnp.float32)
+  train_y, test_y = jnp.asarray(train_y, jnp.int32), jnp.asarray(test_y, jnp.int32)
+
+  def sample(key, batch_size):
+    idx = jax.random.randint(key, (batch_size,), 0, train_x.shape[0])
+    return Batch(xs=train_x[idx][..., None], ys=train_y[idx], lengths=None)
+
+  def held_out(key, size=None):
+    del key  # the test split is fixed
+    n = test_x.shape[0] if size is None else min(size, test_x.shape[0])
+    return Batch(xs=test_x[:n, :, None], ys=test_y[:n], lengths=None)
+
+  def losses(logits, batch):
+    return {"loss": softmax_cross_entropy(logits, batch.ys),
+            "accuracy": accuracy(logits, batch.ys)}
+
+  return Task(name=name, input_size=1, output_size=num_classes, per_step=False,
+              classification=True, sample=sample, held_out=held_out, losses=losses,
+              seq_len=num_pixels, held_out_size=int(test_x.shape[0]))

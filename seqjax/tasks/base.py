@@ -1,0 +1,50 @@
+"""What every task provides: a pure on-device sampler, held-out data, and per-example losses.
+
+A task knows no model: it sees only the model's outputs (logits or predicted values).
+"""
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+class Batch(NamedTuple):
+  xs: jax.Array                   # [B, T, F] float32 inputs
+  ys: jax.Array                   # targets: [B] or [B, T]; int32 classes or float32 values
+  lengths: Optional[jax.Array]    # [B] int32 valid steps, or None when every sequence has T steps
+
+
+class Task(NamedTuple):
+  """A task as pure functions (like `seqjax.cells.Cell`).
+
+  sample(key, batch_size) -> Batch: training data, jit-able, fixed shapes, made on the device.
+  held_out(key, size) -> Batch: evaluation data. Synthetic tasks draw it like `sample` (the
+    trainer passes a key reserved for evaluation, so the same seed gives the same eval set);
+    dataset tasks return their test split (`size` examples of it, or all of it if size is None).
+  losses(outputs, batch) -> dict of per-example [B] float32 arrays: "loss" (what is minimised)
+    and every metric of the task. outputs: [B, T, output_size] when per_step else
+    [B, output_size] (read at each sequence's last valid step).
+  """
+  name: str
+  input_size: int
+  output_size: int
+  per_step: bool
+  classification: bool            # loss is mean cross-entropy per prediction (nats)
+  sample: Callable[..., Batch]
+  held_out: Callable[..., Batch]
+  losses: Callable[..., dict]
+  seq_len: int                    # T of the batches
+  held_out_size: Optional[int] = None   # fixed size of a dataset task's test split
+  feedback_channel: Optional[int] = None  # series tasks: input channel holding the previous value
+  info: Any = None                # task-specific extras (e.g. marker positions) for plots
+
+
+def softmax_cross_entropy(logits, labels):
+  """Per-prediction cross-entropy in nats; logits [..., C], labels int [...]."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+
+
+def accuracy(logits, labels):
+  return (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)

@@ -1,0 +1,104 @@
+"""Valid vs corrupted strings of the (non-embedded) Reber grammar.
+
+The grammar, as a graph whose edges emit letters:
+
+  0 -B-> 1;  1 -T-> 2, 1 -P-> 3;  2 -S-> 2, 2 -X-> 4;  3 -T-> 3, 3 -V-> 5;
+  4 -X-> 3, 4 -S-> 6;  5 -P-> 4, 5 -V-> 6;  6 -E-> end            (e.g. BTXSE, BPVVE, BTSXXTVVE)
+
+Valid strings come from a walk taking each branch with probability 1/2, except that a branch is
+never taken if the shortest way out from it would not fit in `seq_len` letters (so long strings
+are steered to the exit near the limit; below the limit the walk is the usual one). Half of the
+examples (a fair coin each) get one letter after the first replaced by a different random letter.
+The label is computed by running the grammar's acceptor on the final string, so it is exactly
+right even when a substitution happens to yield another valid string. One-hot over LETTERS,
+zero past each string's length (`lengths`).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax.tasks._checks import check_int
+from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
+
+LETTERS = "BTPSXVE"
+B, T_, P, S, X, V, E = range(7)
+END, DEAD = 7, 8
+# (letter, next node) for each node's two branches; node 0 and 6 have one (listed twice)
+BRANCHES = np.array([
+    [(B, 1), (B, 1)], [(T_, 2), (P, 3)], [(S, 2), (X, 4)], [(T_, 3), (V, 5)],
+    [(X, 3), (S, 6)], [(P, 4), (V, 6)], [(E, END), (E, END)], [(-1, END), (-1, END)]])
+# letters still needed from each node to finish, E included (shortest way out)
+TO_FINISH = np.array([5, 4, 3, 3, 2, 2, 1, 0])
+SHORTEST = int(TO_FINISH[0])
+
+
+def _transitions() -> np.ndarray:
+  """[9, 7] acceptor table: node x letter -> next node, DEAD when the letter is not allowed."""
+  table = np.full((DEAD + 1, len(LETTERS)), DEAD, np.int32)
+  for node in range(END):
+    for letter, nxt in BRANCHES[node]:
+      table[node, letter] = nxt
+  return table
+
+
+TRANSITIONS = _transitions()
+
+DEFAULTS = dict(seq_len=50, hidden_size=250, num_steps=10000, batch_size=100, learning_rate=1e-3)
+
+
+def accepts(letters, lengths):
+  """[B] bool: the grammar accepts letters[b, :lengths[b]] (ints; anything past is ignored)."""
+  table = jnp.asarray(TRANSITIONS)
+
+  def step(node, inputs):
+    t, letter = inputs
+    nxt = table[node, jnp.clip(letter, 0, len(LETTERS) - 1)]
+    return jnp.where(t < lengths, nxt, node), None
+
+  T = letters.shape[1]
+  node, _ = jax.lax.scan(step, jnp.zeros(letters.shape[:1], jnp.int32),
+                         (jnp.arange(T), letters.T))
+  return node == END
+
+
+def make(seq_len: int = DEFAULTS["seq_len"]) -> Task:
+  T = check_int("reber", "seq_len", seq_len, SHORTEST)
+  branches = jnp.asarray(BRANCHES)
+  to_finish = jnp.asarray(TO_FINISH)
+
+  def walk(key, batch_size):
+    def step(node, inputs):
+      t, k = inputs
+      fits = 1 + to_finish[branches[node, :, 1]] <= T - t                 # [B, 2]
+      coin = jax.random.bernoulli(k, 0.5, node.shape)
+      choice = jnp.where(fits[:, 0] & fits[:, 1], coin.astype(jnp.int32),
+                         jnp.where(fits[:, 0], 0, 1))
+      letter = branches[node, choice, 0]
+      return branches[node, choice, 1], letter
+
+    keys = jax.random.split(key, T)
+    _, letters = jax.lax.scan(step, jnp.zeros((batch_size,), jnp.int32), (jnp.arange(T), keys))
+    letters = letters.T                                                  # [B, T], -1 past the end
+    return letters, jnp.sum(letters >= 0, axis=1).astype(jnp.int32)
+
+  def sample(key, batch_size):
+    kw, kc, kp, kl = jax.random.split(key, 4)
+    letters, lengths = walk(kw, batch_size)
+    corrupt = jax.random.bernoulli(kc, 0.5, (batch_size,))
+    pos = jax.random.randint(kp, (batch_size,), 1, lengths)              # never the first B
+    shift = jax.random.randint(kl, (batch_size,), 1, len(LETTERS))       # a different letter
+    old = jnp.take_along_axis(letters, pos[:, None], axis=1)[:, 0]
+    new = (old + shift) % len(LETTERS)
+    hit = corrupt[:, None] & (jnp.arange(T)[None, :] == pos[:, None])
+    letters = jnp.where(hit, new[:, None], letters)
+    xs = jax.nn.one_hot(letters, len(LETTERS), dtype=jnp.float32)        # -1 -> all zeros
+    ys = accepts(letters, lengths).astype(jnp.int32)
+    return Batch(xs=xs, ys=ys, lengths=lengths)
+
+  def losses(logits, batch):
+    return {"loss": softmax_cross_entropy(logits, batch.ys),
+            "accuracy": accuracy(logits, batch.ys)}
+
+  return Task(name="reber", input_size=len(LETTERS), output_size=2, per_step=False,
+              classification=True, sample=sample, held_out=sample, losses=losses, seq_len=T)

@@ -1,0 +1,122 @@
+"""Training and evaluation: one jitted optax step (data sampled inside it), on-device metrics."""
+
+from typing import Any, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from seqjax import models
+from seqjax.cells.base import Cell
+from seqjax.tasks.base import Batch, Task
+
+
+class TrainState(NamedTuple):
+  step: jax.Array   # int32 []: steps taken; also indexes the data stream
+  params: Any
+  opt_state: Any
+
+
+class Config(NamedTuple):
+  """What the step functions close over (everything static)."""
+  cell: Cell
+  task: Task
+  optimizer: optax.GradientTransformation
+  batch_size: int
+  unroll: int = 1
+  remat: bool = False
+  prefix_len: int = 3      # series tasks: observed steps before free running
+
+
+def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None):
+  """Adam (the paper's setting), optionally after global-norm gradient clipping."""
+  adam = optax.adam(learning_rate)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
+
+
+def init_state(cfg: Config, key) -> TrainState:
+  params = models.init(cfg.cell, key, cfg.task.input_size, cfg.task.output_size)
+  return TrainState(jnp.zeros((), jnp.int32), params, cfg.optimizer.init(params))
+
+
+def outputs(cfg: Config, params, batch: Batch):
+  return models.apply(cfg.cell, params, batch.xs, batch.lengths, per_step=cfg.task.per_step,
+                      unroll=cfg.unroll, remat=cfg.remat)
+
+
+def batch_losses(cfg: Config, params, batch: Batch) -> dict:
+  """Per-example [B] losses and metrics (the task's, plus free_run_mse for series tasks)."""
+  values = cfg.task.losses(outputs(cfg, params, batch), batch)
+  if cfg.task.feedback_channel is not None:
+    preds = models.closed_loop(cfg.cell, params, batch.xs, cfg.prefix_len,
+                               cfg.task.feedback_channel, unroll=cfg.unroll)
+    err = (preds[..., cfg.prefix_len:, 0] - batch.ys[..., cfg.prefix_len:]) ** 2
+    values["free_run_mse"] = jnp.mean(err, axis=-1)
+  return values
+
+
+def data_key(seed: int):
+  """The training data stream: step i's batch is drawn from fold_in(data_key, i), so a resumed
+  run sees exactly the batches an uninterrupted one would."""
+  return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def eval_key(seed: int):
+  return jax.random.fold_in(jax.random.key(seed), 2)
+
+
+def param_key(seed: int):
+  return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def make_train_step(cfg: Config, seed: int):
+  """state -> (state, metrics): samples its batch, steps the optimizer; donates `state`."""
+  stream = data_key(seed)
+
+  def loss_fn(params, batch):
+    values = cfg.task.losses(outputs(cfg, params, batch), batch)
+    return jnp.mean(values["loss"]), values
+
+  def train_step(state: TrainState):
+    batch = cfg.task.sample(jax.random.fold_in(stream, state.step), cfg.batch_size)
+    (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {k: jnp.mean(v) for k, v in values.items()}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_evaluate(cfg: Config):
+  """(params, held_out) -> mean of every per-example metric over the whole held-out set.
+
+  The set is evaluated in chunks of batch_size (the last one padded and masked out), so any
+  size fits in memory; all of it stays on the device.
+  """
+  chunk = cfg.batch_size
+
+  def evaluate(params, held_out: Batch):
+    n = held_out.xs.shape[0]
+    num_chunks = -(-n // chunk)
+    pad = num_chunks * chunk - n
+
+    def split(a):
+      a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)]) if pad else a
+      return a.reshape(num_chunks, chunk, *a.shape[1:])
+
+    chunks = jax.tree.map(split, held_out)
+    weights = split(jnp.ones((n,), jnp.float32))
+
+    def one(inputs):
+      batch, w = inputs
+      values = batch_losses(cfg, params, batch)
+      return {k: jnp.sum(v * w) for k, v in values.items()}
+
+    sums = jax.lax.map(one, (chunks, weights))
+    means = {k: jnp.sum(v) / n for k, v in sums.items()}
+    if cfg.task.classification:
+      means["perplexity"] = jnp.exp(means["loss"])
+    return means
+
+  return jax.jit(evaluate)

@@ -1,0 +1,169 @@
+"""`python -m launch.main` end to end: outputs, resume, bad input, divergence, Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from absl import flags
+from absl.testing import flagsaver
+
+from launch import main as launch_main
+from seqjax import tasks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = flags.FLAGS
+if not FLAGS.is_parsed():
+  FLAGS(["launch.main"])
+
+TINY = dict(hidden_size=4, batch_size=8, num_steps=4, eval_every=2, eval_size=16)
+TASK_OPTS = {"binary_addition": dict(seq_len=4), "adding": dict(seq_len=6),
+             "seq_length": dict(seq_len=6), "copy": dict(seq_len=4), "reber": dict(seq_len=12),
+             "trajectory": dict(seq_len=8), "digits": {}}
+
+
+def _run(**overrides):
+  with flagsaver.flagsaver(**{**TINY, **overrides}):
+    launch_main.main(["launch.main"])
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+@pytest.mark.parametrize("task", sorted(TASK_OPTS))
+def test_every_task_runs_end_to_end(task, tmp_path):
+  model = "rwa" if task != "copy" else "lstm"
+  _run(task=task, model=model, workdir=str(tmp_path), **TASK_OPTS[task])
+  config = json.load(open(tmp_path / "config.json"))
+  assert config["task"] == task and config["model"] == model and config["num_devices"] == 1
+  rows = _rows(tmp_path)
+  assert [r["step"] for r in rows] == [2, 4]
+  probe = tasks.get(task, **TASK_OPTS[task])
+  for r in rows:
+    assert {"step", "train_loss", "eval_loss", "examples_per_sec", "wall_time"} <= set(r)
+    assert all(np.isfinite(v) for v in r.values())
+    if probe.classification:
+      np.testing.assert_allclose(r["eval_perplexity"], np.exp(r["eval_loss"]), rtol=1e-5)
+    if probe.feedback_channel is not None:
+      assert "eval_free_run_mse" in r and "eval_mse" in r
+  assert os.path.getsize(tmp_path / "checkpoint.msgpack") > 0
+  with open(tmp_path / "curves.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_task_metrics_are_written(tmp_path):
+  expected = {"binary_addition": {"eval_accuracy", "eval_sequence_accuracy", "eval_perplexity"},
+              "adding": {"eval_mse"}, "copy": {"eval_accuracy", "eval_bits_per_step"}}
+  for task, keys in expected.items():
+    workdir = str(tmp_path / task)
+    _run(task=task, model="gru", workdir=workdir, num_steps=2, **TASK_OPTS[task])
+    assert keys <= set(_rows(workdir)[-1]), (task, _rows(workdir)[-1].keys())
+
+
+def test_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path):
+  opts = dict(task="binary_addition", model="lstm", seq_len=5, eval_every=3)
+  _run(workdir=str(tmp_path / "whole"), **{**opts, "num_steps": 9})
+  _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 5})
+  _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 9})
+  whole, split = _rows(tmp_path / "whole"), _rows(tmp_path / "split")
+  assert [r["step"] for r in split] == [3, 5, 6, 9]
+  for key in ("eval_loss", "eval_accuracy"):
+    assert split[-1][key] == whole[-1][key]
+  with open(tmp_path / "whole" / "checkpoint.msgpack", "rb") as a, \
+       open(tmp_path / "split" / "checkpoint.msgpack", "rb") as b:
+    assert a.read() == b.read()  # same params and optimizer state, bit for bit
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("hidden_size", 0, "--hidden_size=0: must be an integer >= 1"),
+    ("batch_size", -4, "--batch_size=-4: must be an integer >= 1"),
+    ("num_steps", -1, "--num_steps=-1: must be an integer >= 0"),
+    ("learning_rate", 0.0, "--learning_rate=0.0: must be a number > 0"),
+    ("learning_rate", float("nan"), "--learning_rate=nan"),
+    ("eval_every", 0, "--eval_every=0"),
+    ("num_layers", 0, "--num_layers=0"),
+    ("clip_norm", -1.0, "--clip_norm=-1.0"),
+    ("seq_len", 1, "seq_len"),
+    ("prefix_len", 8, "--prefix_len=8: must be below the sequence length 8"),
+])
+def test_bad_flag_values_exit_with_one_line_and_write_nothing(flag, value, message, tmp_path):
+  workdir = tmp_path / "run"
+  task = "trajectory" if flag == "prefix_len" else "adding"
+  with pytest.raises(SystemExit) as e:
+    _run(**{"task": task, "seq_len": 8, "workdir": str(workdir), flag: value})
+  text = str(e.value.code)
+  assert text.startswith("error: ") and message in text and "\n" not in text
+  assert not workdir.exists()
+
+
+def test_mnist_without_data_dir_is_a_flag_error(tmp_path):
+  with pytest.raises(SystemExit) as e:
+    _run(task="mnist", workdir=str(tmp_path / "run"))
+  assert "--data_dir" in str(e.value.code)
+  assert not (tmp_path / "run").exists()
+
+
+def _cli(*args, **kw):
+  return subprocess.run([sys.executable, "-m", "launch.main", *args], cwd=ROOT,
+                        capture_output=True, text=True, **kw)
+
+
+def test_enum_flags_are_checked_by_the_parser(tmp_path):
+  out = _cli("--model=transformer", f"--workdir={tmp_path / 'run'}")
+  assert out.returncode != 0
+  assert "--model" in out.stderr and "transformer" in out.stderr and "rwa" in out.stderr
+  assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+def test_changed_experiment_in_the_same_workdir_is_refused(tmp_path):
+  _run(task="adding", seq_len=6, model="rwa", workdir=str(tmp_path))
+  with pytest.raises(SystemExit) as e:
+    _run(task="adding", seq_len=6, model="lstm", workdir=str(tmp_path))
+  assert "--model=lstm" in str(e.value.code) and "--model=rwa" in str(e.value.code)
+
+
+def test_corrupt_checkpoint_is_named_and_left_alone(tmp_path):
+  _run(task="adding", seq_len=6, workdir=str(tmp_path))
+  ckpt = tmp_path / "checkpoint.msgpack"
+  ckpt.write_bytes(b"not a checkpoint")
+  with pytest.raises(SystemExit) as e:
+    _run(task="adding", seq_len=6, workdir=str(tmp_path), num_steps=8)
+  assert str(ckpt) in str(e.value.code) and "\n" not in str(e.value.code)
+  assert ckpt.read_bytes() == b"not a checkpoint"
+
+
+def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
+  _run(task="adding", seq_len=6, model="rnn", workdir=str(tmp_path), num_steps=2)
+  good = (tmp_path / "checkpoint.msgpack").read_bytes()
+  with pytest.raises(SystemExit) as e:
+    _run(task="adding", seq_len=6, model="rnn", workdir=str(tmp_path), num_steps=40,
+         learning_rate=1e38)
+  assert "diverged" in str(e.value.code)
+  assert (tmp_path / "checkpoint.msgpack").read_bytes() == good
+
+
+def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path):
+  args = ["--task=adding", "--seq_len=6", "--hidden_size=4", "--batch_size=8",
+          "--num_steps=1000000", "--eval_every=1", "--eval_size=8", f"--workdir={tmp_path}"]
+  proc = subprocess.Popen([sys.executable, "-m", "launch.main", *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 120
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 130, err
+  assert "interrupted at step" in out
+  stopped_at = int(out.split("interrupted at step ")[1].split(":")[0])
+  resumed = _cli(*[a if not a.startswith("--num_steps") else f"--num_steps={stopped_at + 2}"
+                   for a in args], timeout=120)
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"resuming {tmp_path} from step {stopped_at}" in resumed.stdout
+  assert _rows(tmp_path)[-1]["step"] == stopped_at + 2
