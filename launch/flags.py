@@ -27,6 +27,12 @@ PERMUTE = flags.DEFINE_boolean("permute", False, "digits/mnist: fixed pixel perm
 DATA_DIR = flags.DEFINE_string("data_dir", None, "mnist: folder with mnist.npz or the IDX files.")
 PREFIX_LEN = flags.DEFINE_integer("prefix_len", 3,
                                   "Series tasks: observed steps before the free-running evaluation.")
+FEEDBACK = flags.DEFINE_enum("feedback", "teacher", ["teacher", "free", "scheduled"],
+                             "Series tasks: feed the true previous value (teacher), the model's "
+                             "own prediction (free), or a mix whose teacher share falls linearly "
+                             "from 1 to 0 (scheduled).")
+TEACHER_FORCING_DECAY_STEPS = flags.DEFINE_integer(
+    "teacher_forcing_decay_steps", 10000, "scheduled: steps over which p falls from 1 to 0.")
 UNROLL = flags.DEFINE_integer("unroll", 1, "Time steps per loop iteration (speed only).")
 REMAT = flags.DEFINE_boolean("remat", False, "Checkpoint the time loop (memory ~ sqrt(T)).")
 WORKDIR = flags.DEFINE_string("workdir", None,
@@ -40,7 +46,9 @@ def run_config() -> RunConfig:
                   num_steps=NUM_STEPS.value, learning_rate=LEARNING_RATE.value,
                   clip_norm=CLIP_NORM.value, seed=SEED.value, eval_every=EVAL_EVERY.value,
                   eval_size=EVAL_SIZE.value, permute=PERMUTE.value, data_dir=DATA_DIR.value,
-                  prefix_len=PREFIX_LEN.value, unroll=UNROLL.value, remat=REMAT.value)
+                  prefix_len=PREFIX_LEN.value, feedback=FEEDBACK.value,
+                  teacher_forcing_decay_steps=TEACHER_FORCING_DECAY_STEPS.value,
+                  unroll=UNROLL.value, remat=REMAT.value)
   cfg = cfg.resolved()
   workdir = WORKDIR.value or f"runs/{cfg.task}-{cfg.model}-T{cfg.seq_len}-s{cfg.seed}"
   return dataclasses.replace(cfg, workdir=workdir)

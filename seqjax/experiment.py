@@ -40,6 +40,8 @@ class RunConfig:
   permute: bool = False
   data_dir: Optional[str] = None
   prefix_len: int = 3
+  feedback: str = "teacher"
+  teacher_forcing_decay_steps: int = 10000
   unroll: int = 1
   remat: bool = False
   workdir: str = "runs/default"
@@ -72,7 +74,7 @@ def validate(cfg: RunConfig) -> tasks.Task:
   """Checks every setting before any work; returns the task (which also checks its data)."""
   _check(cfg.model in cells.NAMES, "model", cfg.model, f"allowed: {', '.join(cells.NAMES)}")
   for flag in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll",
-               "prefix_len"):
+               "prefix_len", "teacher_forcing_decay_steps"):
     value = getattr(cfg, flag)
     _check(_is_int(value) and value >= 1, flag, value, "must be an integer >= 1")
   _check(_is_int(cfg.num_steps) and cfg.num_steps >= 0, "num_steps", cfg.num_steps,
@@ -90,10 +92,16 @@ def validate(cfg: RunConfig) -> tasks.Task:
                      permute=cfg.permute, data_dir=cfg.data_dir)
   except ValueError as e:
     raise RunError(str(e)) from None
+  _check(cfg.feedback in train.FEEDBACK_MODES, "feedback", cfg.feedback,
+         f"allowed: {', '.join(train.FEEDBACK_MODES)}")
+  _check(cfg.feedback == "teacher" or task.feedback_channel is not None, "feedback", cfg.feedback,
+         f"only the series tasks ({', '.join(tasks.SERIES)}) feed outputs back; {cfg.task} takes "
+         "--feedback=teacher")
   if task.feedback_channel is not None:
     _check(cfg.prefix_len < task.seq_len, "prefix_len", cfg.prefix_len,
            f"must be below the sequence length {task.seq_len}")
   return task
+
 
 
 class _StopOnSignal:
@@ -161,7 +169,8 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float
   tcfg = train.Config(cell=cell, task=task,
                       optimizer=train.make_optimizer(cfg.learning_rate, cfg.clip_norm or None),
                       batch_size=cfg.batch_size, unroll=cfg.unroll, remat=cfg.remat,
-                      prefix_len=cfg.prefix_len)
+                      prefix_len=cfg.prefix_len, feedback=cfg.feedback,
+                      teacher_forcing_decay_steps=cfg.teacher_forcing_decay_steps)
   state = train.init_state(tcfg, train.param_key(cfg.seed))
   rows = []
   if os.path.exists(ckpt_path):
@@ -205,6 +214,8 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float
            "train_loss": float(np.mean(interval_losses)) if interval_losses else math.nan,
            "eval_loss": values.pop("loss")}
     row.update({f"eval_{k}": v for k, v in values.items()})
+    if cfg.feedback == "scheduled":
+      row["teacher_forcing"] = float(train.teacher_forcing(tcfg, step))
     row["examples_per_sec"] = interval_steps * cfg.batch_size / max(now - t_interval, 1e-9)
     row["wall_time"] = wall_offset + now - t_start
     rows.append(row)

@@ -26,6 +26,20 @@ class Config(NamedTuple):
   unroll: int = 1
   remat: bool = False
   prefix_len: int = 3      # series tasks: observed steps before free running
+  feedback: str = "teacher"  # series tasks' training inputs: teacher | free | scheduled
+  teacher_forcing_decay_steps: int = 10000  # scheduled: steps over which p falls from 1 to 0
+
+
+FEEDBACK_MODES = ("teacher", "free", "scheduled")
+
+
+def teacher_forcing(cfg: Config, step):
+  """p, the probability of feeding the true previous value during training at `step`."""
+  if cfg.feedback == "teacher":
+    return 1.0
+  if cfg.feedback == "free":
+    return 0.0
+  return jnp.clip(1.0 - step / cfg.teacher_forcing_decay_steps, 0.0, 1.0)
 
 
 def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None):
@@ -70,19 +84,35 @@ def param_key(seed: int):
 
 
 def make_train_step(cfg: Config, seed: int):
-  """state -> (state, metrics): samples its batch, steps the optimizer; donates `state`."""
+  """state -> (state, metrics): samples its batch, steps the optimizer; donates `state`.
+
+  Series tasks with feedback "free" or "scheduled" train through the closed loop: the model's
+  own predictions are fed back (with probability 1 - p per sequence and step), and the gradient
+  flows through them.
+  """
   stream = data_key(seed)
 
-  def loss_fn(params, batch):
-    values = cfg.task.losses(outputs(cfg, params, batch), batch)
+  def loss_fn(params, batch, p, key):
+    if cfg.feedback == "teacher":
+      preds = outputs(cfg, params, batch)
+    else:
+      preds = models.closed_loop(cfg.cell, params, batch.xs, cfg.prefix_len,
+                                 cfg.task.feedback_channel, teacher_prob=p, key=key,
+                                 unroll=cfg.unroll)
+    values = cfg.task.losses(preds, batch)
     return jnp.mean(values["loss"]), values
 
   def train_step(state: TrainState):
-    batch = cfg.task.sample(jax.random.fold_in(stream, state.step), cfg.batch_size)
-    (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    key = jax.random.fold_in(stream, state.step)
+    batch = cfg.task.sample(key, cfg.batch_size)
+    p = teacher_forcing(cfg, state.step)
+    (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, p, jax.random.fold_in(key, 1))
     updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {k: jnp.mean(v) for k, v in values.items()}
+    if cfg.feedback == "scheduled":
+      metrics["teacher_forcing"] = p
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return jax.jit(train_step, donate_argnums=0)

@@ -167,3 +167,29 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr
   assert f"resuming {tmp_path} from step {stopped_at}" in resumed.stdout
   assert _rows(tmp_path)[-1]["step"] == stopped_at + 2
+
+
+@pytest.mark.parametrize("task", ["trajectory", "decay"])
+@pytest.mark.parametrize("feedback", ["teacher", "free", "scheduled"])
+def test_feedback_modes_run_end_to_end(task, feedback, tmp_path):
+  _run(task=task, model="lstm", seq_len=8, feedback=feedback, teacher_forcing_decay_steps=4,
+       workdir=str(tmp_path))
+  rows = _rows(tmp_path)
+  assert all("eval_free_run_mse" in r and "eval_mse" in r for r in rows)
+  if feedback == "scheduled":
+    assert [r["teacher_forcing"] for r in rows] == [0.5, 0.0]
+  else:
+    assert all("teacher_forcing" not in r for r in rows)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(task="adding", feedback="free"), "--feedback=free: only the series tasks (trajectory, decay)"),
+    (dict(task="decay", teacher_forcing_decay_steps=-5), "--teacher_forcing_decay_steps=-5"),
+    (dict(task="decay", prefix_len=0), "--prefix_len=0"),
+    (dict(task="digits", seq_len=100), "--seq_len=100: the digits task has a fixed length 64"),
+])
+def test_bad_feedback_settings_are_named(overrides, message, tmp_path):
+  with pytest.raises(SystemExit) as e:
+    _run(workdir=str(tmp_path / "run"), **{"seq_len": 8, **overrides})
+  assert message in str(e.value.code)
+  assert not (tmp_path / "run").exists()

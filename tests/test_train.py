@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from seqjax import cells, tasks, train
+from seqjax import cells, models, tasks, train
 
 
 def _cfg(model="rwa", task="adding", batch_size=16, **task_opts):
@@ -71,3 +71,29 @@ def test_evaluate_in_chunks_equals_the_mean_over_all_examples(task, opts):
   if task == "trajectory":
     assert got["free_run_mse"] > 0 and "free_run_mse" not in cfg.task.losses(
         jnp.zeros((1, 10, 1)), cfg.task.sample(jax.random.key(0), 1))
+
+
+def test_free_running_training_differentiates_through_the_fed_back_predictions():
+  base = _cfg("lstm", "trajectory", batch_size=4, seq_len=8)
+  free = base._replace(feedback="free")
+  state = train.init_state(base, jax.random.key(0))
+  step_teacher = train.make_train_step(base, seed=0)
+  step_free = train.make_train_step(free, seed=0)
+  s_teacher, m_teacher = step_teacher(jax.tree.map(jnp.copy, state))
+  s_free, m_free = step_free(jax.tree.map(jnp.copy, state))
+  assert float(m_free["loss"]) != float(m_teacher["loss"])
+  # the free step's update is Adam's first step on the closed-loop gradient: sign(g) * lr
+  batch_key = jax.random.fold_in(train.data_key(0), 0)
+  batch = free.task.sample(batch_key, 4)
+  g = jax.grad(lambda p: jnp.mean(free.task.losses(models.closed_loop(
+      free.cell, p, batch.xs, free.prefix_len, 0), batch)["loss"]))(state.params)
+  moved = jax.tree.map(lambda a, b: np.asarray(a - b), s_free.params, state.params)
+  for d, gl in zip(jax.tree.leaves(moved), jax.tree.leaves(g)):
+    big = np.abs(np.asarray(gl)) > 1e-6
+    np.testing.assert_array_equal(np.sign(d[big]), -np.sign(np.asarray(gl)[big]))
+
+
+def test_scheduled_teacher_probability_falls_linearly():
+  cfg = _cfg("lstm", "decay", seq_len=6)._replace(feedback="scheduled",
+                                                  teacher_forcing_decay_steps=10)
+  assert [float(train.teacher_forcing(cfg, s)) for s in (0, 5, 10, 20)] == [1.0, 0.5, 0.0, 0.0]

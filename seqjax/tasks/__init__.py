@@ -18,6 +18,7 @@ REGISTRY = {
     "mnist": mnist.make,
 }
 NAMES = tuple(REGISTRY)
+SERIES = ("trajectory", "decay")  # tasks with a feedback_channel: next-value prediction
 DEFAULTS = {name: getattr(inspect.getmodule(make), "DEFAULTS") for name, make in REGISTRY.items()}
 
 
@@ -37,4 +38,4 @@ def get(name: str, **options) -> Task:
   return make(**{k: v for k, v in options.items() if k in accepted and v is not None})
 
 
-__all__ = ["Batch", "Task", "get", "takes_seq_len", "NAMES", "DEFAULTS"]
+__all__ = ["Batch", "Task", "get", "takes_seq_len", "NAMES", "SERIES", "DEFAULTS"]
