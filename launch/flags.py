@@ -35,6 +35,15 @@ TEACHER_FORCING_DECAY_STEPS = flags.DEFINE_integer(
     "teacher_forcing_decay_steps", 10000, "scheduled: steps over which p falls from 1 to 0.")
 UNROLL = flags.DEFINE_integer("unroll", 1, "Time steps per loop iteration (speed only).")
 REMAT = flags.DEFINE_boolean("remat", False, "Checkpoint the time loop (memory ~ sqrt(T)).")
+NUM_DEVICES = flags.DEFINE_integer("num_devices", None,
+                                   "Data-parallel devices per process (default: all local ones).")
+DISTRIBUTED = flags.DEFINE_boolean("distributed", False,
+                                   "Call jax.distributed.initialize() first (multi-host runs).")
+COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                  "--distributed: host:port of process 0 (default: from the "
+                                  "cluster environment, e.g. SLURM).")
+NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: process count.")
+PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
 WORKDIR = flags.DEFINE_string("workdir", None,
                               "Output folder (default: runs/<task>-<model>-T<seq_len>-s<seed>).")
 
@@ -48,7 +57,7 @@ def run_config() -> RunConfig:
                   eval_size=EVAL_SIZE.value, permute=PERMUTE.value, data_dir=DATA_DIR.value,
                   prefix_len=PREFIX_LEN.value, feedback=FEEDBACK.value,
                   teacher_forcing_decay_steps=TEACHER_FORCING_DECAY_STEPS.value,
-                  unroll=UNROLL.value, remat=REMAT.value)
+                  unroll=UNROLL.value, remat=REMAT.value, num_devices=NUM_DEVICES.value)
   cfg = cfg.resolved()
   workdir = WORKDIR.value or f"runs/{cfg.task}-{cfg.model}-T{cfg.seq_len}-s{cfg.seed}"
   return dataclasses.replace(cfg, workdir=workdir)

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from seqjax import cells, checkpoint, plots, tasks, train
+from seqjax import cells, checkpoint, parallel, plots, tasks, train
 
 
 class RunError(Exception):
@@ -44,6 +44,7 @@ class RunConfig:
   teacher_forcing_decay_steps: int = 10000
   unroll: int = 1
   remat: bool = False
+  num_devices: Optional[int] = None    # devices per process for data parallelism; None: all
   workdir: str = "runs/default"
 
   def resolved(self) -> "RunConfig":
@@ -58,7 +59,8 @@ class RunConfig:
 
 # Settings a resumed run may change; any other difference means a different experiment.
 # (learning_rate: Adam's state does not depend on it, so a diverged run can go on more gently.)
-RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning_rate")
+RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning_rate",
+                     "num_devices")
 
 
 def _check(ok, flag, value, allowed):
@@ -97,6 +99,13 @@ def validate(cfg: RunConfig) -> tasks.Task:
   _check(cfg.feedback == "teacher" or task.feedback_channel is not None, "feedback", cfg.feedback,
          f"only the series tasks ({', '.join(tasks.SERIES)}) feed outputs back; {cfg.task} takes "
          "--feedback=teacher")
+  _check(cfg.num_devices is None or (_is_int(cfg.num_devices) and
+                                     1 <= cfg.num_devices <= jax.local_device_count()),
+         "num_devices", cfg.num_devices,
+         f"must be in [1, {jax.local_device_count()}] (the local devices)")
+  devices = (cfg.num_devices or jax.local_device_count()) * jax.process_count()
+  _check(cfg.batch_size % devices == 0, "batch_size", cfg.batch_size,
+         f"must be divisible by the number of devices, {devices} (see --num_devices)")
   if task.feedback_channel is not None:
     _check(cfg.prefix_len < task.seq_len, "prefix_len", cfg.prefix_len,
            f"must be below the sequence length {task.seq_len}")
@@ -166,7 +175,9 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float
                        "use another --workdir")
 
   cell = cells.get(cfg.model, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers)
-  tcfg = train.Config(cell=cell, task=task,
+  mesh = parallel.make_mesh(cfg.num_devices)
+  lead = jax.process_index() == 0  # one process writes files
+  tcfg = train.Config(cell=cell, task=task, mesh=mesh,
                       optimizer=train.make_optimizer(cfg.learning_rate, cfg.clip_norm or None),
                       batch_size=cfg.batch_size, unroll=cfg.unroll, remat=cfg.remat,
                       prefix_len=cfg.prefix_len, feedback=cfg.feedback,
@@ -177,17 +188,19 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float
     state = checkpoint.restore(ckpt_path, state)
     rows = [r for r in _read_jsonl(metrics_path) if r["step"] <= int(state.step)]
     log(f"resuming {workdir} from step {int(state.step)}")
+  state = parallel.put_replicated(mesh, state)
 
-  os.makedirs(workdir, exist_ok=True)
-  checkpoint.write_atomic(config_path, json.dumps(
-      dict(dataclasses.asdict(cfg), num_devices=1, num_processes=1,
-           jax_version=jax.__version__, backend=jax.default_backend()), indent=2) + "\n")
-  _write_jsonl(metrics_path, rows)  # drops evaluations newer than the checkpoint
+  if lead:
+    os.makedirs(workdir, exist_ok=True)
+    checkpoint.write_atomic(config_path, json.dumps(
+        dict(dataclasses.asdict(cfg), num_devices=mesh.size, num_processes=jax.process_count(),
+             jax_version=jax.__version__, backend=jax.default_backend()), indent=2) + "\n")
+    _write_jsonl(metrics_path, rows)  # drops evaluations newer than the checkpoint
 
   train_step = train.make_train_step(tcfg, cfg.seed)
   evaluate = train.make_evaluate(tcfg)
-  held_out = jax.device_put(task.held_out(train.eval_key(cfg.seed),
-                                          task.held_out_size or cfg.eval_size))
+  held_out = parallel.put_replicated(
+      mesh, task.held_out(train.eval_key(cfg.seed), task.held_out_size or cfg.eval_size))
   metric = main_metric(task)
   step = int(state.step)
   wall_offset = rows[-1]["wall_time"] if rows else 0.0
@@ -219,13 +232,15 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float
     row["examples_per_sec"] = interval_steps * cfg.batch_size / max(now - t_interval, 1e-9)
     row["wall_time"] = wall_offset + now - t_start
     rows.append(row)
-    _write_jsonl(metrics_path, rows)
-    checkpoint.save(ckpt_path, state)
+    if lead:
+      _write_jsonl(metrics_path, rows)
+      checkpoint.save(ckpt_path, state)
     t_interval, interval_losses, interval_steps = now, [], 0
     return row
 
   log(f"{task.name} T={task.seq_len} | {cell.name} H={cfg.hidden_size} x{cfg.num_layers} | "
-      f"batch {cfg.batch_size} | {jax.default_backend()} | workdir {workdir}")
+      f"batch {cfg.batch_size} | {mesh.size} {jax.default_backend()} device(s), "
+      f"{jax.process_count()} process(es) | workdir {workdir}")
   with _StopOnSignal() as stop:
     while step < cfg.num_steps and not stop.requested:
       state, metrics = train_step(state)
@@ -251,10 +266,11 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float
     if stop.requested and step < cfg.num_steps:
       if pending is not None:
         check_finite(pending, step)
-      checkpoint.save(ckpt_path, state)
+      if lead:
+        checkpoint.save(ckpt_path, state)
       log(f"interrupted at step {step}: checkpoint saved in {workdir}; run the same command "
           "to resume")
-  if not stop.requested and rows:
+  if lead and not stop.requested and rows:
     plots.learning_curves(rows, os.path.join(workdir, "curves.png"),
                           f"{cell.name} on {task.name} (T={task.seq_len})", metric)
   if stop.requested and step < cfg.num_steps:

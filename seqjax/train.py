@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from seqjax import models
+from seqjax import models, parallel
 from seqjax.cells.base import Cell
 from seqjax.tasks.base import Batch, Task
 
@@ -28,6 +28,7 @@ class Config(NamedTuple):
   prefix_len: int = 3      # series tasks: observed steps before free running
   feedback: str = "teacher"  # series tasks' training inputs: teacher | free | scheduled
   teacher_forcing_decay_steps: int = 10000  # scheduled: steps over which p falls from 1 to 0
+  mesh: Optional[jax.sharding.Mesh] = None  # data parallel over its `data` axis; None: 1 device
 
 
 FEEDBACK_MODES = ("teacher", "free", "scheduled")
@@ -104,7 +105,7 @@ def make_train_step(cfg: Config, seed: int):
 
   def train_step(state: TrainState):
     key = jax.random.fold_in(stream, state.step)
-    batch = cfg.task.sample(key, cfg.batch_size)
+    batch = parallel.shard_batch(cfg.mesh, cfg.task.sample(key, cfg.batch_size))
     p = teacher_forcing(cfg, state.step)
     (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, p, jax.random.fold_in(key, 1))
@@ -139,7 +140,7 @@ def make_evaluate(cfg: Config):
     weights = split(jnp.ones((n,), jnp.float32))
 
     def one(inputs):
-      batch, w = inputs
+      batch, w = parallel.shard_batch(cfg.mesh, inputs)
       values = batch_losses(cfg, params, batch)
       return {k: jnp.sum(v * w) for k, v in values.items()}
 
