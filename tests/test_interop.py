@@ -1,0 +1,214 @@
+"""The Flax adapters against seqjax.scan: same params, outputs, carries and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import seqjax
+from seqjax import cells
+from seqjax.interop import LinenCell, NnxCell
+from helpers import assert_trees_close, random_params
+
+B, T, F = 3, 6, 3
+LENGTHS = np.array([T, 3, 1])  # no 0: flax's carry for a 0-length sequence is the one after T steps
+MAKERS = {"rnn": lambda: cells.rnn(4), "lstm": lambda: cells.lstm(4),
+          "gru": lambda: cells.gru(4), "rwa": lambda: cells.rwa(4),
+          "lstm+rwa": lambda: cells.stack([cells.lstm(5), cells.rwa(4)])}
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(params=list(MAKERS))
+def cell(request):
+  return MAKERS[request.param]()
+
+
+def inputs():
+  return jax.random.normal(jax.random.key(1), (B, T, F))
+
+
+def perturbed(cell, seed=2):
+  return random_params(cell.init(jax.random.key(seed), F), jax.random.key(seed + 1))
+
+
+def loss(carry, hs):
+  """Touches every output and every carry leaf, so the gradient checks cover the final state."""
+  w = jnp.cos(jnp.arange(hs.size, dtype=hs.dtype)).reshape(hs.shape)
+  return jnp.sum(hs * w) + sum(jnp.sum(jnp.tanh(leaf)) for leaf in jax.tree.leaves(carry))
+
+
+def assert_valid_steps_close(hs, expected, lengths):
+  # Flax leaves whatever the cell computes on padded steps (seqjax.scan zeroes them): compare
+  # only the steps t < length.
+  for b, n in enumerate(lengths):
+    np.testing.assert_allclose(hs[b, :n], expected[b, :n], **TOL)
+
+
+def flip_valid(xs, lengths):
+  """Reverses each sequence's first lengths[b] steps, leaving its padding at the end."""
+  return jnp.stack([jnp.concatenate([x[:n][::-1], x[n:]]) for x, n in zip(xs, lengths)])
+
+
+def by_path(tree):
+  """{(0, "W_x"): leaf, ...} for a plain pytree or an nnx State (whose leaves sit under .value)."""
+  return {tuple(getattr(k, "key", getattr(k, "idx", None)) for k in path
+                if not isinstance(k, jax.tree_util.GetAttrKey)): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+# flax.linen
+
+
+def test_linen_init_is_cell_init(cell):
+  keys = []
+
+  def spy_init(key, input_size):
+    # flax also calls the initialiser under jax.eval_shape to check shapes: keep the real calls.
+    if not isinstance(key, jax.core.Tracer):
+      keys.append(key)
+    return cell.init(key, input_size)
+
+  variables = nn.RNN(LinenCell(cell._replace(init=spy_init))).init(jax.random.key(0), inputs())
+  assert len(keys) == 1
+  assert list(variables) == ["params"] and list(variables["params"]) == ["cell"]
+  assert list(variables["params"]["cell"]) == ["cell"]
+  assert_trees_close(variables["params"]["cell"]["cell"], cell.init(keys[0], F), rtol=0, atol=0)
+
+
+def test_linen_matches_scan_outputs_carry_and_grads(cell):
+  rnn = nn.RNN(LinenCell(cell), return_carry=True)
+  xs, P = inputs(), perturbed(cell)
+
+  def linen_run(P):
+    carry, hs = rnn.apply({"params": {"cell": {"cell": P}}}, xs)
+    return loss(carry, hs), (carry, hs)
+
+  def scan_run(P):
+    final_state, hs = seqjax.scan(cell, P, xs)
+    return loss(final_state, hs), (final_state, hs)
+
+  (_, (carry, hs)), grads = jax.jit(jax.value_and_grad(linen_run, has_aux=True))(P)
+  (_, (final_state, expected)), want = jax.jit(jax.value_and_grad(scan_run, has_aux=True))(P)
+  assert_trees_close(hs, expected, **TOL)
+  assert_trees_close(carry, final_state, **TOL)
+  assert_trees_close(grads, want, **TOL)
+
+
+def test_linen_seq_lengths(cell):
+  rnn = nn.RNN(LinenCell(cell), return_carry=True)
+  xs, P = inputs(), perturbed(cell)
+  carry, hs = rnn.apply({"params": {"cell": {"cell": P}}}, xs, seq_lengths=jnp.asarray(LENGTHS))
+  final_state, expected = seqjax.scan(cell, P, xs, lengths=jnp.asarray(LENGTHS))
+  assert_trees_close(carry, final_state, **TOL)
+  assert_valid_steps_close(hs, expected, LENGTHS)
+
+
+def test_linen_bidirectional_halves_are_scans():
+  fwd, bwd = cells.stack([cells.lstm(5), cells.rwa(4)]), cells.gru(3)
+  bi = nn.Bidirectional(nn.RNN(LinenCell(fwd)), nn.RNN(LinenCell(bwd)), return_carry=True)
+  xs, lengths = inputs(), jnp.asarray(LENGTHS)
+  variables = bi.init(jax.random.key(0), xs, seq_lengths=lengths)
+  assert jax.tree.structure(variables["params"]["forward_rnn"]["cell"]["cell"]) == \
+      jax.tree.structure(fwd.init(jax.random.key(0), F))
+  Pf, Pb = perturbed(fwd), perturbed(bwd)
+  variables = {"params": {"forward_rnn": {"cell": {"cell": Pf}},
+                          "backward_rnn": {"cell": {"cell": Pb}}}}
+  (carry_f, carry_b), out = bi.apply(variables, xs, seq_lengths=lengths)
+  assert out.shape == (B, T, 4 + 3)
+  state_f, hs_f = seqjax.scan(fwd, Pf, xs, lengths=lengths)
+  # The backward half reads each sequence's valid steps last-to-first and is put back in order.
+  state_b, hs_b = seqjax.scan(bwd, Pb, flip_valid(xs, LENGTHS), lengths=lengths)
+  assert_trees_close(carry_f, state_f, **TOL)
+  assert_trees_close(carry_b, state_b, **TOL)
+  assert_valid_steps_close(out[..., :4], hs_f, LENGTHS)
+  assert_valid_steps_close(out[..., 4:], flip_valid(hs_b, LENGTHS), LENGTHS)
+
+
+def test_linen_streaming_with_initial_carry():
+  cell = cells.stack([cells.lstm(5), cells.rwa(4)])
+  rnn = nn.RNN(LinenCell(cell), return_carry=True)
+  xs, variables = inputs(), {"params": {"cell": {"cell": perturbed(cell)}}}
+  carry, hs_a = rnn.apply(variables, xs[:, :2])
+  carry, hs_b = rnn.apply(variables, xs[:, 2:], initial_carry=carry)
+  final_state, expected = seqjax.scan(cell, variables["params"]["cell"]["cell"], xs)
+  assert_trees_close(jnp.concatenate([hs_a, hs_b], axis=1), expected, **TOL)
+  assert_trees_close(carry, final_state, **TOL)
+
+
+def test_linen_cell_on_its_own():
+  cell, xs = cells.rwa(4), inputs()
+  module = LinenCell(cell)
+  with pytest.raises(ValueError, match="bound module"):
+    module.initialize_carry(jax.random.key(0), (B, F))
+  variables = module.init(jax.random.key(0), None, (B, F), method="initialize_carry")
+  P = variables["params"]["cell"]
+  carry = module.apply(variables, None, (B, F), method="initialize_carry")
+  assert_trees_close(carry, cell.initial_state(P, (B,)), rtol=0, atol=0)
+  assert_trees_close(module.apply(variables, carry, xs[:, 0]),
+                     cell.step(P, carry, xs[:, 0]), **TOL)
+  with pytest.raises(TypeError, match="seqjax Cell"):
+    LinenCell(nn.LSTMCell(4))
+
+
+# flax.nnx
+
+
+def test_nnx_matches_scan_before_and_after_set_params_and_grads(cell):
+  module = NnxCell(cell, input_size=F, rngs=nnx.Rngs(0))
+  assert_trees_close(module.get_params(), cell.init(nnx.Rngs(0).params(), F), rtol=0, atol=0)
+  assert all(isinstance(v, nnx.Param) for v in jax.tree.leaves(
+      module.params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+  rnn, xs = nnx.RNN(module, return_carry=True), inputs()
+
+  carry, hs = rnn(xs)
+  final_state, expected = seqjax.scan(cell, module.get_params(), xs)
+  assert_trees_close(hs, expected, **TOL)
+  assert_trees_close(carry, final_state, **TOL)
+
+  P = perturbed(cell)
+  module.set_params(P)
+  assert_trees_close(module.get_params(), P, rtol=0, atol=0)
+
+  @nnx.jit
+  def nnx_run(rnn):
+    def run(rnn):
+      carry, hs = rnn(xs)
+      return loss(carry, hs), (carry, hs)
+    return nnx.value_and_grad(run, has_aux=True)(rnn)
+
+  def scan_run(P):
+    final_state, hs = seqjax.scan(cell, P, xs)
+    return loss(final_state, hs), (final_state, hs)
+
+  (_, (carry, hs)), grads = nnx_run(rnn)
+  (_, (final_state, expected)), want = jax.jit(jax.value_and_grad(scan_run, has_aux=True))(P)
+  assert_trees_close(hs, expected, **TOL)
+  assert_trees_close(carry, final_state, **TOL)
+  got, want = by_path(grads["cell"]["params"]), by_path(want)
+  assert sorted(got) == sorted(want)
+  for path in want:
+    np.testing.assert_allclose(got[path], want[path], **TOL, err_msg=str(path))
+
+
+def test_nnx_seq_lengths(cell):
+  module = NnxCell(cell, input_size=F, rngs=nnx.Rngs(0))
+  P = perturbed(cell)
+  module.set_params(P)
+  xs, lengths = inputs(), jnp.asarray(LENGTHS)
+  carry, hs = nnx.RNN(module, return_carry=True)(xs, seq_lengths=lengths)
+  final_state, expected = seqjax.scan(cell, P, xs, lengths=lengths)
+  assert_trees_close(carry, final_state, **TOL)
+  assert_valid_steps_close(hs, expected, LENGTHS)
+
+
+def test_nnx_set_params_checks_structure_and_shapes():
+  module = NnxCell(cells.stack([cells.lstm(5), cells.rwa(4)]), input_size=F)
+  P = module.get_params()
+  with pytest.raises(ValueError, match="structure"):
+    module.set_params(P[0])
+  with pytest.raises(ValueError, match="shape"):
+    bad = jax.tree.map(lambda a: a + 1, P)
+    module.set_params((bad[0], {**bad[1], "s0": jnp.zeros(5)}))
+  assert_trees_close(module.get_params(), P, rtol=0, atol=0)  # a refused write changes nothing
