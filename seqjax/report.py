@@ -1,0 +1,66 @@
+"""Summaries of finished runs: steps to a threshold (the RWA paper's rule) and final values."""
+
+import json
+import math
+import os
+
+# The paper's thresholds per task: (metric, "below" | "above", value)
+THRESHOLDS = {
+    "adding": ("mse", "below", 0.01),
+    "copy": ("bits_per_step", "below", 0.1),
+    "seq_length": ("accuracy", "above", 0.99),
+    "reber": ("accuracy", "above", 0.99),
+    "binary_addition": ("sequence_accuracy", "above", 0.99),
+}
+ROLLING = 5  # the paper: the rolling mean of five test evaluations crosses the threshold
+
+
+def read_run(workdir: str):
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = json.load(f)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  return config, rows
+
+
+def steps_to_threshold(rows, metric: str, direction: str, value: float):
+  """The first evaluation step at which the rolling mean of the last ROLLING evaluations of
+  eval_<metric> crosses `value`, or None if it never does."""
+  series = [r[f"eval_{metric}"] for r in rows]
+  for i in range(len(series)):
+    window = series[max(0, i - ROLLING + 1):i + 1]
+    mean = sum(window) / len(window)
+    if len(window) == ROLLING and (mean < value if direction == "below" else mean > value):
+      return rows[i]["step"]
+  return None
+
+
+def summary_table(workdirs, metrics=None) -> str:
+  """A markdown table: one row per run with its settings, steps to threshold and final values."""
+  lines = []
+  for workdir in workdirs:
+    config, rows = read_run(workdir)
+    task = config["task"]
+    metric, direction, value = THRESHOLDS.get(task, (None, None, None))
+    shown = metrics or ([metric] if metric else [])
+    if not lines:
+      header = ["run", "model", "task", "T", "H", "steps"]
+      header += [f"steps to {metric} {'<' if direction == 'below' else '>'} {value}"] if metric else []
+      header += [f"final {m}" for m in shown] + ["wall time"]
+      lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    last = rows[-1] if rows else {}
+    cells = [os.path.basename(os.path.normpath(workdir)), config["model"]
+             + (f" x{config['num_layers']}" if config.get("num_layers", 1) > 1 else ""),
+             task + (f" ({config['bit_order']})" if task == "binary_addition" else ""),
+             str(config["seq_len"]), str(config["hidden_size"]), str(last.get("step", 0))]
+    if metric:
+      reached = steps_to_threshold(rows, metric, direction, value)
+      cells.append(str(reached) if reached is not None else f"not within {last.get('step', 0)}")
+    cells += [_fmt(last.get(f"eval_{m}", math.nan)) for m in shown]
+    cells.append(f"{last.get('wall_time', math.nan) / 60:.1f} min")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _fmt(v):
+  return f"{v:.4g}"

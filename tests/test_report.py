@@ -1,0 +1,40 @@
+"""Steps-to-threshold (the paper's rolling-mean rule) and the summary table."""
+
+import json
+import subprocess
+import sys
+import os
+
+from seqjax import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _rows(values):
+  return [{"step": 100 * (i + 1), "eval_mse": v, "wall_time": 6.0 * (i + 1)}
+          for i, v in enumerate(values)]
+
+
+def test_rolling_mean_of_five_must_cross():
+  # a single good evaluation is not enough; five whose mean is below are
+  rows = _rows([0.2, 0.005, 0.2, 0.2, 0.2, 0.009, 0.009, 0.009, 0.009, 0.009, 0.009])
+  assert report.steps_to_threshold(rows, "mse", "below", 0.01) == 1000
+  assert report.steps_to_threshold(rows[:9], "mse", "below", 0.01) is None
+  acc = [{"step": s, "eval_accuracy": a} for s, a in [(1, .995)] * 4 + [(5, .995)]]
+  assert report.steps_to_threshold(acc, "accuracy", "above", 0.99) == 5
+
+
+def test_summary_table_from_workdirs(tmp_path):
+  for name, values in [("fast", [0.1] + [0.001] * 5), ("slow", [0.1] * 6)]:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(
+        {"model": "rwa", "task": "adding", "seq_len": 100, "hidden_size": 250, "num_layers": 1}))
+    (tmp_path / name / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in _rows(values)))
+  table = report.summary_table([tmp_path / "fast", tmp_path / "slow"]).splitlines()
+  assert table[0].startswith("| run | model | task | T | H | steps | steps to mse < 0.01 |")
+  assert "| fast | rwa | adding | 100 | 250 | 600 | 600 | 0.001 | 0.6 min |" == table[2]
+  assert "| not within 600 |" in table[3]
+  out = subprocess.run([sys.executable, "-m", "launch.summarize", str(tmp_path / "nope")],
+                       cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0 and "no metrics.jsonl" in out.stderr and "Traceback" not in out.stderr
