@@ -1,4 +1,6 @@
-"""The launcher's absl flags (flags live only in launch/) and their translation to a RunConfig."""
+"""Flags shared by launch.main and launch.compare (flags live only in launch/), and their
+translation to a RunConfig. The flags that pick one run (--model, --bit_order, --num_layers,
+--seed, --workdir) are defined by main.py; compare.py takes lists of them instead."""
 
 import dataclasses
 
@@ -7,19 +9,14 @@ from absl import flags
 from seqjax import cells, tasks
 from seqjax.experiment import RunConfig
 
-MODEL = flags.DEFINE_enum("model", "rwa", list(cells.NAMES), "Recurrent cell.")
 TASK = flags.DEFINE_enum("task", "adding", list(tasks.NAMES), "Task to train on.")
 SEQ_LEN = flags.DEFINE_integer("seq_len", None, "Sequence length T (default: the task's).")
-BIT_ORDER = flags.DEFINE_enum("bit_order", "lsb_first", ["lsb_first", "msb_first"],
-                              "binary_addition: which end of the numbers comes first.")
 HIDDEN_SIZE = flags.DEFINE_integer("hidden_size", None, "Units per layer (default: the task's).")
-NUM_LAYERS = flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.")
 BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Batch size (default: the task's, 100).")
 NUM_STEPS = flags.DEFINE_integer("num_steps", None,
                                  "Training steps (default: the paper's run length for the task).")
 LEARNING_RATE = flags.DEFINE_float("learning_rate", None, "Adam learning rate (default 1e-3).")
 CLIP_NORM = flags.DEFINE_float("clip_norm", 0.0, "Global-norm gradient clipping; 0 = off.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed for params, data stream and eval set.")
 EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Steps between evaluations/checkpoints.")
 EVAL_SIZE = flags.DEFINE_integer("eval_size", 1000,
                                  "Held-out examples (synthetic tasks; datasets use their test split).")
@@ -44,20 +41,38 @@ COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                   "cluster environment, e.g. SLURM).")
 NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "--distributed: process count.")
 PROCESS_ID = flags.DEFINE_integer("process_id", None, "--distributed: this process's index.")
-WORKDIR = flags.DEFINE_string("workdir", None,
-                              "Output folder (default: runs/<task>-<model>-T<seq_len>-s<seed>).")
 
-
-def run_config() -> RunConfig:
-  cfg = RunConfig(model=MODEL.value, task=TASK.value, seq_len=SEQ_LEN.value,
-                  bit_order=BIT_ORDER.value, hidden_size=HIDDEN_SIZE.value,
-                  num_layers=NUM_LAYERS.value, batch_size=BATCH_SIZE.value,
-                  num_steps=NUM_STEPS.value, learning_rate=LEARNING_RATE.value,
-                  clip_norm=CLIP_NORM.value, seed=SEED.value, eval_every=EVAL_EVERY.value,
-                  eval_size=EVAL_SIZE.value, permute=PERMUTE.value, data_dir=DATA_DIR.value,
-                  prefix_len=PREFIX_LEN.value, feedback=FEEDBACK.value,
+def run_config(model: str, bit_order: str, num_layers: int, seed: int,
+               workdir: str = None) -> RunConfig:
+  """The RunConfig of the shared flags plus one run's own settings (task defaults filled)."""
+  cfg = RunConfig(model=model, task=TASK.value, seq_len=SEQ_LEN.value, bit_order=bit_order,
+                  hidden_size=HIDDEN_SIZE.value, num_layers=num_layers,
+                  batch_size=BATCH_SIZE.value, num_steps=NUM_STEPS.value,
+                  learning_rate=LEARNING_RATE.value, clip_norm=CLIP_NORM.value, seed=seed,
+                  eval_every=EVAL_EVERY.value, eval_size=EVAL_SIZE.value, permute=PERMUTE.value,
+                  data_dir=DATA_DIR.value, prefix_len=PREFIX_LEN.value, feedback=FEEDBACK.value,
                   teacher_forcing_decay_steps=TEACHER_FORCING_DECAY_STEPS.value,
                   unroll=UNROLL.value, remat=REMAT.value, num_devices=NUM_DEVICES.value)
   cfg = cfg.resolved()
-  workdir = WORKDIR.value or f"runs/{cfg.task}-{cfg.model}-T{cfg.seq_len}-s{cfg.seed}"
-  return dataclasses.replace(cfg, workdir=workdir)
+  return dataclasses.replace(cfg, workdir=workdir or default_workdir(cfg))
+
+
+def default_workdir(cfg: RunConfig) -> str:
+  layers = f"x{cfg.num_layers}" if cfg.num_layers > 1 else ""
+  order = f"-{cfg.bit_order}" if cfg.task == "binary_addition" else ""
+  return f"runs/{cfg.task}{order}-{cfg.model}{layers}-T{cfg.seq_len}-s{cfg.seed}"
+
+
+def initialize_distributed():
+  """jax.distributed.initialize() when --distributed (before any other JAX work)."""
+  if DISTRIBUTED.value:
+    import jax
+    jax.distributed.initialize(coordinator_address=COORDINATOR.value,
+                               num_processes=NUM_PROCESSES.value, process_id=PROCESS_ID.value)
+
+
+def log(line: str) -> None:
+  """Prints on process 0 only."""
+  import jax
+  if jax.process_index() == 0:
+    print(line, flush=True)

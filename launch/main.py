@@ -1,31 +1,33 @@
 """Train a recurrent net on a task: `python -m launch.main --model=rwa --task=adding --seq_len=1000`.
 
-Intentionally kept short: flags are in launch/flags.py, the run loop in seqjax/experiment.py.
+Intentionally kept short: shared flags are in launch/flags.py, the run loop in
+seqjax/experiment.py.
 """
 
 import sys
 
-import jax
-from absl import app
+from absl import app, flags
 
 from launch import flags as run_flags
-from seqjax import checkpoint, experiment
+from seqjax import cells, checkpoint, experiment
 
-
-def _log(line):
-  if jax.process_index() == 0:
-    print(line, flush=True)
+MODEL = flags.DEFINE_enum("model", "rwa", list(cells.NAMES), "Recurrent cell.")
+BIT_ORDER = flags.DEFINE_enum("bit_order", "lsb_first", ["lsb_first", "msb_first"],
+                              "binary_addition: which end of the numbers comes first.")
+NUM_LAYERS = flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.")
+SEED = flags.DEFINE_integer("seed", 0, "Seed for params, data stream and eval set.")
+WORKDIR = flags.DEFINE_string("workdir", None,
+                              "Output folder (default: runs/<task>-<model>-T<seq_len>-s<seed>).")
 
 
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}; all settings are --flags (see --help)")
   try:
-    if run_flags.DISTRIBUTED.value:
-      jax.distributed.initialize(coordinator_address=run_flags.COORDINATOR.value,
-                                 num_processes=run_flags.NUM_PROCESSES.value,
-                                 process_id=run_flags.PROCESS_ID.value)
-    experiment.run(run_flags.run_config(), log=_log)
+    run_flags.initialize_distributed()
+    cfg = run_flags.run_config(MODEL.value, BIT_ORDER.value, NUM_LAYERS.value, SEED.value,
+                               WORKDIR.value)
+    experiment.run(cfg, log=run_flags.log)
   except (experiment.RunError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:

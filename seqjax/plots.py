@@ -35,3 +35,30 @@ def learning_curves(rows, path: str, title: str, metric: str) -> None:
   fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
   write_atomic(path, buf.getvalue())
+
+
+def compare_curves(groups, path: str, title: str, metric: str) -> None:
+  """groups: {label: [rows of one seed, rows of another, ...]}. One line per label: the mean of
+  eval_<metric> over seeds, with a band from the lowest to the highest seed."""
+  import numpy as np
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4.2))
+  positive = True
+  for i, (label, runs) in enumerate(groups.items()):
+    length = min(len(rows) for rows in runs)
+    steps = [r["step"] for r in runs[0][:length]]
+    values = np.array([[r.get(f"eval_{metric}", math.nan) for r in rows[:length]] for rows in runs])
+    positive &= bool((values > 0).all())
+    name = f"{label} ({len(runs)} seeds)" if len(runs) > 1 else label
+    ax.plot(steps, values.mean(axis=0), color=f"C{i}", label=name)
+    if len(runs) > 1:
+      ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=f"C{i}", alpha=0.2)
+  if positive and (metric.endswith("mse") or metric in ("loss", "bits_per_step")):
+    ax.set_yscale("log")
+  ax.set(xlabel="training step", ylabel=f"eval {metric}", title=title)
+  ax.legend()
+  fig.tight_layout()
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  plt.close(fig)
+  write_atomic(path, buf.getvalue())

@@ -193,3 +193,35 @@ def test_bad_feedback_settings_are_named(overrides, message, tmp_path):
     _run(workdir=str(tmp_path / "run"), **{"seq_len": 8, **overrides})
   assert message in str(e.value.code)
   assert not (tmp_path / "run").exists()
+
+
+def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "launch.compare", "--task=binary_addition", "--seq_len=4",
+       "--models=rnn,lstm", "--bit_orders=lsb_first,msb_first", "--seeds=0,1",
+       "--hidden_size=4", "--batch_size=8", "--num_steps=4", "--eval_every=2", "--eval_size=16",
+       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+  assert runs == sorted(f"{m}-{o}-s{s}" for m in ("rnn", "lstm")
+                        for o in ("lsb_first", "msb_first") for s in (0, 1))
+  for run in runs:  # each run went through launch.main's code path: same files
+    assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "curves.png"} <= {
+        p.name for p in (tmp_path / run).iterdir()}
+  table = (tmp_path / "results.md").read_text().splitlines()
+  assert len(table) == 2 + 8 and "steps to sequence_accuracy > 0.99" in table[0]
+  assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  seed0 = _rows(tmp_path / "lstm-msb_first-s0")
+  seed1 = _rows(tmp_path / "lstm-msb_first-s1")
+  assert seed0[-1]["eval_loss"] != seed1[-1]["eval_loss"]  # seeds really differ
+
+
+def test_compare_rejects_bad_lists_before_running(tmp_path):
+  for flag, message in [("--models=rwa,transformer", "'transformer' is not one of"),
+                        ("--num_layers=1,0", "--num_layers=1,0: a list of integers >= 1"),
+                        ("--seeds=a", "--seeds=a")]:
+    out = subprocess.run([sys.executable, "-m", "launch.compare", "--task=adding", flag,
+                          f"--workdir={tmp_path / 'c'}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-500:]
+    assert not (tmp_path / "c").exists()
