@@ -154,6 +154,33 @@ def main_metric(task: tasks.Task) -> str:
   return {"copy": "bits_per_step"}.get(task.name, "accuracy" if task.classification else "mse")
 
 
+def train_config(cfg: RunConfig, task: tasks.Task, mesh=None) -> train.Config:
+  cell = cells.get(cfg.model, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers)
+  return train.Config(cell=cell, task=task, mesh=mesh,
+                      optimizer=train.make_optimizer(cfg.learning_rate, cfg.clip_norm or None),
+                      batch_size=cfg.batch_size, unroll=cfg.unroll, remat=cfg.remat,
+                      prefix_len=cfg.prefix_len, feedback=cfg.feedback,
+                      teacher_forcing_decay_steps=cfg.teacher_forcing_decay_steps)
+
+
+def load(workdir: str):
+  """(RunConfig, train.Config, params) of the run checkpointed in `workdir`."""
+  config_path, ckpt_path = os.path.join(workdir, "config.json"), checkpoint.path_in(workdir)
+  for path in (config_path, ckpt_path):
+    if not os.path.exists(path):
+      raise RunError(f"--workdir={workdir}: no {os.path.basename(path)} (not a trained run)")
+  try:
+    with open(config_path) as f:
+      saved = json.load(f)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    cfg = RunConfig(**{k: v for k, v in saved.items() if k in fields})
+  except (OSError, json.JSONDecodeError, TypeError) as e:
+    raise RunError(f"{config_path} is unreadable ({e})") from None
+  tcfg = train_config(cfg, validate(cfg))
+  state = checkpoint.restore(ckpt_path, train.init_state(tcfg, train.param_key(cfg.seed)))
+  return cfg, tcfg, state.params
+
+
 def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float = 10.0):
   """Trains (or resumes) the run described by cfg; returns the metrics rows of the workdir."""
   cfg = cfg.resolved()
@@ -174,14 +201,10 @@ def run(cfg: RunConfig, log: Callable[[str], None] = print, progress_secs: float
         raise RunError(f"--{key}={value}: {workdir} holds a run with --{key}={previous[key]}; "
                        "use another --workdir")
 
-  cell = cells.get(cfg.model, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers)
   mesh = parallel.make_mesh(cfg.num_devices)
   lead = jax.process_index() == 0  # one process writes files
-  tcfg = train.Config(cell=cell, task=task, mesh=mesh,
-                      optimizer=train.make_optimizer(cfg.learning_rate, cfg.clip_norm or None),
-                      batch_size=cfg.batch_size, unroll=cfg.unroll, remat=cfg.remat,
-                      prefix_len=cfg.prefix_len, feedback=cfg.feedback,
-                      teacher_forcing_decay_steps=cfg.teacher_forcing_decay_steps)
+  tcfg = train_config(cfg, task, mesh)
+  cell = tcfg.cell
   state = train.init_state(tcfg, train.param_key(cfg.seed))
   rows = []
   if os.path.exists(ckpt_path):

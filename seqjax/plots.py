@@ -62,3 +62,60 @@ def compare_curves(groups, path: str, title: str, metric: str) -> None:
   fig.savefig(buf, format="png", dpi=100)
   plt.close(fig)
   write_atomic(path, buf.getvalue())
+
+
+def _save(fig, plt, path):
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  plt.close(fig)
+  write_atomic(path, buf.getvalue())
+
+
+def state_heatmaps(hs_NxTxH, marks, path: str, title: str) -> None:
+  """One panel per sequence: hidden state over time (x) and unit (y); marks[n] is a list of
+  (time step, label) drawn as vertical lines (markers, delimiters, lengths)."""
+  import numpy as np
+  plt = _pyplot()
+  n = len(hs_NxTxH)
+  scale = float(np.abs(np.asarray(hs_NxTxH)).max()) or 1.0  # small states still show
+  fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n + 0.6), squeeze=False)
+  for ax, hs, sequence_marks in zip(axes[:, 0], hs_NxTxH, marks):
+    image = ax.imshow(np.asarray(hs).T, aspect="auto", cmap="RdBu_r", vmin=-scale, vmax=scale,
+                      interpolation="nearest")
+    for t, label in sequence_marks:
+      ax.axvline(t, color="k", lw=1.2, ls="--")
+      ax.text(t, -0.5, f" {label}", va="bottom", fontsize=8)
+    ax.set_ylabel("unit")
+  axes[-1, 0].set_xlabel("time step")
+  fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, label="h")
+  fig.suptitle(title)
+  _save(fig, plt, path)
+
+
+def accuracy_by_length(centers, accuracies, counts, boundary, path: str, title: str) -> None:
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(7, 3.8))
+  ax.plot(centers, accuracies, "o-")
+  ax.axvline(boundary, color="k", ls="--", lw=1, label="class boundary (T/2)")
+  ax.set(xlabel="true sequence length", ylabel="accuracy", title=title, ylim=(0, 1.02))
+  ax.legend()
+  fig.tight_layout()
+  _save(fig, plt, path)
+
+
+def series_predictions(true_NxT, teacher_NxT, free_NxT, prefix_len: int, path: str,
+                       title: str) -> None:
+  """True next values vs one-step-ahead (teacher-forced) and free-running predictions."""
+  plt = _pyplot()
+  n = len(true_NxT)
+  fig, axes = plt.subplots(1, n, figsize=(3.4 * n, 3.2), squeeze=False)
+  for i, ax in enumerate(axes[0]):
+    ax.plot(true_NxT[i], "k-", lw=2, label="true")
+    ax.plot(teacher_NxT[i], "C0--", label="teacher-forced")
+    ax.plot(free_NxT[i], "C3-", label="free-running")
+    ax.axvspan(-0.5, prefix_len - 0.5, color="0.85", label="observed prefix")
+    ax.set_xlabel("time step")
+  axes[0, 0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  _save(fig, plt, path)

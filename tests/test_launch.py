@@ -225,3 +225,26 @@ def test_compare_rejects_bad_lists_before_running(tmp_path):
                          text=True, timeout=120)
     assert out.returncode != 0 and message in out.stderr, out.stderr[-500:]
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("task", ["seq_length", "trajectory", "copy"])
+def test_inspect_draws_the_state_and_task_pictures(task, tmp_path):
+  _run(task=task, model="rwa", workdir=str(tmp_path), **TASK_OPTS[task])
+  out = subprocess.run([sys.executable, "-m", "launch.inspect", f"--workdir={tmp_path}",
+                        "--num_examples=2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  expected = {"seq_length": ["states.png", "accuracy_by_length.png", "accuracy_by_length.md"],
+              "trajectory": ["states.png", "series.png"], "copy": ["states.png"]}[task]
+  for name in expected:
+    assert (tmp_path / name).exists(), name
+  if task == "seq_length":
+    table = (tmp_path / "accuracy_by_length.md").read_text().splitlines()
+    counts = [int(line.split("|")[2]) for line in table[2:]]
+    assert sum(counts) == TINY["eval_size"]  # every held-out example lands in one bin
+
+
+def test_inspect_names_a_workdir_without_a_run(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "launch.inspect", f"--workdir={tmp_path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "no config.json" in out.stderr and "Traceback" not in out.stderr
