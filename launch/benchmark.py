@@ -30,9 +30,10 @@ BATCH = flags.DEFINE_integer("batch_size", 100, "B")
 SEQ_LEN = flags.DEFINE_integer("seq_len", 1000, "T")
 INPUT = flags.DEFINE_integer("input_size", 2, "F")
 HIDDEN = flags.DEFINE_integer("hidden_size", 128, "H")
+NUM_LAYERS = flags.DEFINE_integer("num_layers", 1, "Stacked layers of the seqjax cell (anchors: 1).")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 UNROLL = flags.DEFINE_integer("unroll", 1, "seqjax scan unroll.")
-ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch"], "Anchors to time: flax, torch.")
+ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch"], "Anchors to time: flax, torch (empty: none).")
 MEMORY = flags.DEFINE_list("memory", [], "Sequence lengths for the memory table, e.g. 1000,10000,100000.")
 JSON = flags.DEFINE_string("json", None, "Also write the results as JSON to this file.")
 
@@ -135,7 +136,7 @@ def main(argv):
   name = CELL.value
   B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
   xs = jax.random.normal(jax.random.key(1), (B, T, F), jnp.float32)
-  cell = cells.get(name, hidden_size=HIDDEN.value)
+  cell = cells.get(name, hidden_size=HIDDEN.value, num_layers=NUM_LAYERS.value)
 
   contenders = {}  # label -> (train thunk, infer thunk)
   state, step, infer = seqjax_fns(cell, xs)
@@ -145,8 +146,8 @@ def main(argv):
     box["seqjax"] = step(box["seqjax"], xs)
     jax.block_until_ready(box["seqjax"])
 
-  contenders[f"seqjax {name}"] = (seqjax_train,
-                                  lambda: jax.block_until_ready(infer(box["seqjax"][0], xs)))
+  ours_label = f"seqjax {cell.name}"
+  contenders[ours_label] = (seqjax_train, lambda: jax.block_until_ready(infer(box["seqjax"][0], xs)))
   versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
               "backend": jax.default_backend()}
   if "flax" in ANCHORS.value and name in FLAX_CELLS:
@@ -178,7 +179,7 @@ def main(argv):
       times[(label, "infer")].append(_time(inf))
 
   results = []
-  ours = {kind: statistics.median(times[(f"seqjax {name}", kind)]) for kind in ("train", "infer")}
+  ours = {kind: statistics.median(times[(ours_label, kind)]) for kind in ("train", "infer")}
   print(f"B={B} T={T} F={F} H={HIDDEN.value} | {versions}")
   print(f"{'implementation':34s} {'kind':6s} {'ms/step':>9s} {'tokens/s':>10s} {'anchor/seqjax':>14s}")
   for (label, kind), ts in times.items():
@@ -187,7 +188,8 @@ def main(argv):
     results.append({"implementation": label, "kind": kind, "ms": 1000 * med,
                     "tokens_per_s": B * T / med, "anchor_over_seqjax": ratio})
     print(f"{label:34s} {kind:6s} {1000 * med:9.1f} {B * T / med:10.0f} {ratio:14.2f}")
-  report = {"command": " ".join(sys.argv), "versions": versions, "rows": results}
+  report = {"command": "python -m launch.benchmark " + " ".join(sys.argv[1:]),
+            "versions": versions, "rows": results}
   if MEMORY.value:
     report["memory"] = memory_table(cell, [int(t) for t in MEMORY.value])
     print(f"{'T':>8s} {'plain MiB':>10s} {'remat MiB':>10s}")
