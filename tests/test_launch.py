@@ -198,12 +198,13 @@ def test_bad_feedback_settings_are_named(overrides, message, tmp_path):
 def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "launch.compare", "--task=binary_addition", "--seq_len=4",
-       "--models=rnn,lstm", "--bit_orders=lsb_first,msb_first", "--seeds=0,1",
+       "--models=gru", "--num_layers=1,2", "--bit_orders=lsb_first,msb_first",
+       "--seeds=0,1",
        "--hidden_size=4", "--batch_size=8", "--num_steps=4", "--eval_every=2", "--eval_size=16",
        f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-  assert runs == sorted(f"{m}-{o}-s{s}" for m in ("rnn", "lstm")
+  assert runs == sorted(f"gru-x{n}-{o}-s{s}" for n in (1, 2)
                         for o in ("lsb_first", "msb_first") for s in (0, 1))
   for run in runs:  # each run went through launch.main's code path: same files
     assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "curves.png"} <= {
@@ -211,8 +212,9 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
   table = (tmp_path / "results.md").read_text().splitlines()
   assert len(table) == 2 + 8 and "steps to sequence_accuracy > 0.99" in table[0]
   assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  seed0 = _rows(tmp_path / "lstm-msb_first-s0")
-  seed1 = _rows(tmp_path / "lstm-msb_first-s1")
+  assert json.load(open(tmp_path / "gru-x2-msb_first-s1" / "config.json"))["num_layers"] == 2
+  seed0 = _rows(tmp_path / "gru-x2-msb_first-s0")
+  seed1 = _rows(tmp_path / "gru-x2-msb_first-s1")
   assert seed0[-1]["eval_loss"] != seed1[-1]["eval_loss"]  # seeds really differ
 
 
@@ -227,7 +229,7 @@ def test_compare_rejects_bad_lists_before_running(tmp_path):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("task", ["seq_length", "trajectory", "copy"])
+@pytest.mark.parametrize("task", ["seq_length", "trajectory"])
 def test_inspect_draws_the_state_and_task_pictures(task, tmp_path):
   _run(task=task, model="rwa", workdir=str(tmp_path), **TASK_OPTS[task])
   out = subprocess.run([sys.executable, "-m", "launch.inspect", f"--workdir={tmp_path}",
@@ -235,7 +237,7 @@ def test_inspect_draws_the_state_and_task_pictures(task, tmp_path):
                        timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   expected = {"seq_length": ["states.png", "accuracy_by_length.png", "accuracy_by_length.md"],
-              "trajectory": ["states.png", "series.png"], "copy": ["states.png"]}[task]
+              "trajectory": ["states.png", "series.png"]}[task]
   for name in expected:
     assert (tmp_path / name).exists(), name
   if task == "seq_length":
