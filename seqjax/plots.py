@@ -37,9 +37,10 @@ def learning_curves(rows, path: str, title: str, metric: str) -> None:
   write_atomic(path, buf.getvalue())
 
 
-def compare_curves(groups, path: str, title: str, metric: str) -> None:
+def compare_curves(groups, path: str, title: str, metric: str, threshold=None) -> None:
   """groups: {label: [rows of one seed, rows of another, ...]}. One line per label: the mean of
-  eval_<metric> over seeds, with a band from the lowest to the highest seed."""
+  eval_<metric> over seeds, with a band from the lowest to the highest seed; `threshold` (the
+  paper's target for the metric) as a dotted line."""
   import numpy as np
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -53,6 +54,8 @@ def compare_curves(groups, path: str, title: str, metric: str) -> None:
     ax.plot(steps, values.mean(axis=0), color=f"C{i}", label=name)
     if len(runs) > 1:
       ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=f"C{i}", alpha=0.2)
+  if threshold is not None:
+    ax.axhline(threshold, color="0.4", ls=":", lw=1, label=f"threshold {threshold:g}")
   if positive and (metric.endswith("mse") or metric in ("loss", "bits_per_step")):
     ax.set_yscale("log")
   ax.set(xlabel="training step", ylabel=f"eval {metric}", title=title)
