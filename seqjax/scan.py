@@ -8,6 +8,10 @@ import numpy as np
 
 from seqjax.cells.base import Cell
 
+# Backends on which the backward pass is faster when it recomputes each step's internals from
+# the carry than when it stores them (CPU: 20-30% faster train steps for every cell, measured).
+RECOMPUTE_STEP_ON = ("cpu",)
+
 
 def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int = 1,
          remat: bool = False):
@@ -69,6 +73,10 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
     body, inputs = step, xs_T
   else:
     body, inputs = masked_step, (jnp.arange(padded_T, dtype=jnp.int32), xs_T)
+  if jax.default_backend() in RECOMPUTE_STEP_ON:
+    # The backward pass recomputes each step's gates from the saved carry instead of storing
+    # them: identical results, less memory, and measured faster (BUILD_NOTES.md).
+    body = jax.checkpoint(body)
 
   if remat and T > 1:
     split = lambda a: a.reshape(num_chunks, chunk, *a.shape[1:])
