@@ -1,7 +1,8 @@
 """Print a markdown table of finished runs: `python -m launch.summarize runs/a runs/b ...`.
 
 Columns: settings, steps to the paper's threshold for the task (rolling mean of 5 evaluations),
-final eval metrics (--metrics=accuracy,sequence_accuracy to choose), wall time.
+final eval metrics (--metrics=accuracy,sequence_accuracy to choose), wall time. With
+--over_seeds: one row per configuration, the final metrics' mean ± sd over seeds.
 """
 
 import os
@@ -12,6 +13,9 @@ from absl import app, flags
 from seqjax import report
 
 METRICS = flags.DEFINE_list("metrics", None, "eval metrics to show (default: the task's).")
+OVER_SEEDS = flags.DEFINE_boolean("over_seeds", False,
+                                  "One row per configuration: mean ± sd of the final metrics "
+                                  "over runs that differ only in --seed (needs --metrics).")
 
 
 def main(argv):
@@ -19,7 +23,12 @@ def main(argv):
   missing = [w for w in workdirs if not os.path.exists(os.path.join(w, "metrics.jsonl"))]
   if not workdirs or missing:
     sys.exit(f"error: give workdirs of finished runs; no metrics.jsonl in {missing or '(none given)'}")
-  print(report.summary_table(workdirs, METRICS.value))
+  if OVER_SEEDS.value:
+    if not METRICS.value:
+      sys.exit("error: --over_seeds needs --metrics (e.g. --metrics=mse,free_run_mse)")
+    print(report.seed_table(workdirs, METRICS.value))
+  else:
+    print(report.summary_table(workdirs, METRICS.value))
 
 
 if __name__ == "__main__":

@@ -64,3 +64,26 @@ def summary_table(workdirs, metrics=None) -> str:
 
 def _fmt(v):
   return f"{v:.4g}"
+
+
+def seed_table(workdirs, metrics) -> str:
+  """Runs that differ only in --seed, averaged: final eval_<metric> as mean ± sd over seeds."""
+  groups = {}
+  for workdir in workdirs:
+    config, rows = read_run(workdir)
+    key = json.dumps({k: v for k, v in config.items()
+                      if k not in ("seed", "workdir", "wall_time")}, sort_keys=True)
+    groups.setdefault(key, (config, []))[1].append(rows[-1] if rows else {})
+  header = ["model", "task", "T", "H", "layers", "feedback", "seeds"] + [
+      f"final {m} (mean ± sd)" for m in metrics]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for config, finals in groups.values():
+    cells = [config["model"], config["task"], str(config["seq_len"]), str(config["hidden_size"]),
+             str(config.get("num_layers", 1)), config.get("feedback", "teacher"), str(len(finals))]
+    for m in metrics:
+      values = [f.get(f"eval_{m}", math.nan) for f in finals]
+      mean = sum(values) / len(values)
+      sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+      cells.append(f"{mean:.3g} ± {sd:.2g}")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)

@@ -38,3 +38,17 @@ def test_summary_table_from_workdirs(tmp_path):
   out = subprocess.run([sys.executable, "-m", "launch.summarize", str(tmp_path / "nope")],
                        cwd=ROOT, capture_output=True, text=True)
   assert out.returncode != 0 and "no metrics.jsonl" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
+  for name, seed, feedback, mse in [("a0", 0, "free", 1.0), ("a1", 1, "free", 3.0),
+                                    ("b0", 0, "teacher", 5.0)]:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(
+        {"model": "lstm", "task": "decay", "seq_len": 50, "hidden_size": 64, "num_layers": 1,
+         "feedback": feedback, "seed": seed, "workdir": str(tmp_path / name)}))
+    (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval_mse": mse}) + "\n")
+  table = report.seed_table([tmp_path / n for n in ("a0", "a1", "b0")], ["mse"]).splitlines()
+  assert len(table) == 4
+  assert table[2] == "| lstm | decay | 50 | 64 | 1 | free | 2 | 2 ± 1 |"
+  assert table[3] == "| lstm | decay | 50 | 64 | 1 | teacher | 1 | 5 ± 0 |"
