@@ -9,6 +9,7 @@ import json
 import math
 import os
 import signal
+import threading
 import time
 from typing import Callable, Optional
 
@@ -120,7 +121,10 @@ class _StopOnSignal:
     self.requested = False
 
   def __enter__(self):
-    self._old = signal.signal(signal.SIGINT, self._handle)
+    # signal handlers can only be set from the main thread; elsewhere Ctrl-C keeps its default
+    self._old = None
+    if threading.current_thread() is threading.main_thread():
+      self._old = signal.signal(signal.SIGINT, self._handle)
     return self
 
   def _handle(self, signum, frame):
@@ -129,7 +133,8 @@ class _StopOnSignal:
     self.requested = True
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGINT, self._old)
+    if self._old is not None:
+      signal.signal(signal.SIGINT, self._old)
 
 
 def _read_jsonl(path):

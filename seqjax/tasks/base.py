@@ -3,7 +3,7 @@
 A task knows no model: it sees only the model's outputs (logits or predicted values).
 """
 
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +37,6 @@ class Task(NamedTuple):
   seq_len: int                    # T of the batches
   held_out_size: Optional[int] = None   # fixed size of a dataset task's test split
   feedback_channel: Optional[int] = None  # series tasks: input channel holding the previous value
-  info: Any = None                # task-specific extras (e.g. marker positions) for plots
 
 
 def softmax_cross_entropy(logits, labels):
