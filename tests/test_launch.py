@@ -250,3 +250,21 @@ def test_inspect_names_a_workdir_without_a_run(tmp_path):
   out = subprocess.run([sys.executable, "-m", "launch.inspect", f"--workdir={tmp_path}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "no config.json" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_mnist_runs_end_to_end_from_a_local_file(tmp_path):
+  rng = np.random.default_rng(0)
+  data = tmp_path / "data"
+  data.mkdir()
+  np.savez(data / "mnist.npz", x_train=rng.integers(0, 256, (30, 28, 28), dtype=np.uint8),
+           y_train=rng.integers(0, 10, 30, dtype=np.uint8),
+           x_test=rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
+           y_test=rng.integers(0, 10, 12, dtype=np.uint8))
+  _run(task="mnist", model="gru", data_dir=str(data), permute=True, num_steps=2,
+       workdir=str(tmp_path / "run"))
+  config = json.load(open(tmp_path / "run" / "config.json"))
+  assert config["seq_len"] == 784 and config["permute"] is True
+  rows = _rows(tmp_path / "run")
+  assert rows[-1]["step"] == 2 and 0 <= rows[-1]["eval_accuracy"] <= 1
+  # the whole 12-image test split is the eval set: accuracy is a multiple of 1/12
+  assert abs(rows[-1]["eval_accuracy"] * 12 - round(rows[-1]["eval_accuracy"] * 12)) < 1e-4
