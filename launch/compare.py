@@ -12,7 +12,6 @@ are written there. All other flags are launch.main's.
 
 import itertools
 import os
-import sys
 
 from absl import app, flags
 
@@ -67,10 +66,7 @@ def configurations():
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; all settings are --flags (see --help)")
-  try:
-    run_flags.initialize_distributed()
+  def compare():
     root, groups, metric = configurations()
     curves, workdirs = {}, []
     for label, runs in groups:
@@ -88,11 +84,8 @@ def main(argv):
     checkpoint.write_atomic(os.path.join(root, "results.md"), table + "\n")
     run_flags.log(table)
     run_flags.log(f"figure: {os.path.join(root, 'compare.png')}")
-  except (experiment.RunError, checkpoint.CheckpointError) as e:
-    sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
-    sys.exit(130)
 
+  run_flags.run_or_exit(argv, compare)
 
 if __name__ == "__main__":
   app.run(main)

@@ -3,10 +3,11 @@ translation to a RunConfig. The flags that pick one run (--model, --bit_order, -
 --seed, --workdir) are defined by main.py; compare.py takes lists of them instead."""
 
 import dataclasses
+import sys
 
 from absl import flags
 
-from seqjax import cells, tasks
+from seqjax import tasks
 from seqjax.experiment import RunConfig
 
 TASK = flags.DEFINE_enum("task", "adding", list(tasks.NAMES), "Task to train on.")
@@ -76,3 +77,19 @@ def log(line: str) -> None:
   import jax
   if jax.process_index() == 0:
     print(line, flush=True)
+
+
+
+def run_or_exit(argv, body):
+  """Runs body() after --distributed set-up. A user-facing error ends the process with one line
+  and exit code 1; Ctrl-C with 130 (after the run has saved its checkpoint)."""
+  from seqjax import checkpoint, experiment
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}; all settings are --flags (see --help)")
+  try:
+    initialize_distributed()
+    body()
+  except (experiment.RunError, checkpoint.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(130)

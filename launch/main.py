@@ -4,12 +4,10 @@ Intentionally kept short: shared flags are in launch/flags.py, the run loop in
 seqjax/experiment.py.
 """
 
-import sys
-
 from absl import app, flags
 
 from launch import flags as run_flags
-from seqjax import cells, checkpoint, experiment
+from seqjax import cells, experiment
 
 MODEL = flags.DEFINE_enum("model", "rwa", list(cells.NAMES), "Recurrent cell.")
 BIT_ORDER = flags.DEFINE_enum("bit_order", "lsb_first", ["lsb_first", "msb_first"],
@@ -21,17 +19,12 @@ WORKDIR = flags.DEFINE_string("workdir", None,
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}; all settings are --flags (see --help)")
-  try:
-    run_flags.initialize_distributed()
+  def train():
     cfg = run_flags.run_config(MODEL.value, BIT_ORDER.value, NUM_LAYERS.value, SEED.value,
                                WORKDIR.value)
     experiment.run(cfg, log=run_flags.log)
-  except (experiment.RunError, checkpoint.CheckpointError) as e:
-    sys.exit(f"error: {e}")
-  except KeyboardInterrupt:
-    sys.exit(130)
+
+  run_flags.run_or_exit(argv, train)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import seqjax
 from seqjax import cells, models
 from helpers import loop, random_params
 

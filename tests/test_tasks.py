@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from seqjax import tasks
-from seqjax.tasks import copy as copy_task, digits, mnist, reber, trajectory
+from seqjax.tasks import copy as copy_task, digits, reber, trajectory
 
 
 def _sample(task, n=128, seed=0):
