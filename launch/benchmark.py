@@ -30,7 +30,9 @@ BATCH = flags.DEFINE_integer("batch_size", 100, "B")
 SEQ_LEN = flags.DEFINE_integer("seq_len", 1000, "T")
 INPUT = flags.DEFINE_integer("input_size", 2, "F")
 HIDDEN = flags.DEFINE_integer("hidden_size", 128, "H")
-NUM_LAYERS = flags.DEFINE_integer("num_layers", 1, "Stacked layers of the seqjax cell (anchors: 1).")
+NUM_LAYERS = flags.DEFINE_list("num_layers", ["1"],
+                               "Layer counts of the seqjax cell to time, e.g. 1,2 (anchors: 1). "
+                               "Ratios are against the first.")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 UNROLL = flags.DEFINE_integer("unroll", 1, "seqjax scan unroll.")
 ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch"], "Anchors to time: flax, torch (empty: none).")
@@ -136,18 +138,21 @@ def main(argv):
   name = CELL.value
   B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
   xs = jax.random.normal(jax.random.key(1), (B, T, F), jnp.float32)
-  cell = cells.get(name, hidden_size=HIDDEN.value, num_layers=NUM_LAYERS.value)
-
   contenders = {}  # label -> (train thunk, infer thunk)
-  state, step, infer = seqjax_fns(cell, xs)
-  box = {"seqjax": state}
+  box = {}
+  for n in [int(v) for v in NUM_LAYERS.value]:
+    cell = cells.get(name, hidden_size=HIDDEN.value, num_layers=n)
+    label = f"seqjax {cell.name}"
+    box[label], step, infer = seqjax_fns(cell, xs)
 
-  def seqjax_train():
-    box["seqjax"] = step(box["seqjax"], xs)
-    jax.block_until_ready(box["seqjax"])
+    def seqjax_train(label=label, step=step):
+      box[label] = step(box[label], xs)
+      jax.block_until_ready(box[label])
 
-  ours_label = f"seqjax {cell.name}"
-  contenders[ours_label] = (seqjax_train, lambda: jax.block_until_ready(infer(box["seqjax"][0], xs)))
+    contenders[label] = (seqjax_train, lambda label=label, infer=infer: jax.block_until_ready(
+        infer(box[label][0], xs)))
+  ours_label = next(iter(contenders))
+  cell = cells.get(name, hidden_size=HIDDEN.value)  # the memory table's cell
   versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
               "backend": jax.default_backend()}
   if "flax" in ANCHORS.value and name in FLAX_CELLS:
