@@ -63,6 +63,10 @@ def accepts(letters, lengths):
 
 
 def make(seq_len: int = DEFAULTS["seq_len"]) -> Task:
+  if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len < SHORTEST:
+    # the minimum comes from the grammar, so say where it comes from
+    raise ValueError(f"seq_len must be an int >= {SHORTEST} for reber (the shortest valid strings, "
+                     f"BTXSE and BPVVE, have {SHORTEST} letters), got {seq_len!r}")
   T = check_int("reber", "seq_len", seq_len, SHORTEST)
   branches = jnp.asarray(BRANCHES)
   to_finish = jnp.asarray(TO_FINISH)
