@@ -42,7 +42,9 @@ def summary_table(workdirs, metrics=None) -> str:
     config, rows = read_run(workdir)
     task = config["task"]
     metric, direction, value = THRESHOLDS.get(task, (None, None, None))
-    shown = metrics or ([metric] if metric else [])
+    default = metric or next((m for m in ("accuracy", "mse") if rows and f"eval_{m}" in rows[-1]),
+                             None)
+    shown = metrics or ([default] if default else [])
     if not lines:
       header = ["run", "model", "task", "T", "H", "steps"]
       header += [f"steps to {metric} {'<' if direction == 'below' else '>'} {value}"] if metric else []

@@ -52,3 +52,14 @@ def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
   assert len(table) == 4
   assert table[2] == "| lstm | decay | 50 | 64 | 1 | free | 2 | 2 ± 1 |"
   assert table[3] == "| lstm | decay | 50 | 64 | 1 | teacher | 1 | 5 ± 0 |"
+
+
+def test_tasks_without_a_threshold_show_their_main_metric(tmp_path):
+  (tmp_path / "d").mkdir()
+  (tmp_path / "d" / "config.json").write_text(json.dumps(
+      {"model": "rwa", "task": "digits", "seq_len": 64, "hidden_size": 128, "num_layers": 1}))
+  (tmp_path / "d" / "metrics.jsonl").write_text(json.dumps(
+      {"step": 5, "eval_accuracy": 0.75, "eval_loss": 0.5, "wall_time": 60.0}) + "\n")
+  table = report.summary_table([tmp_path / "d"]).splitlines()
+  assert table[0] == "| run | model | task | T | H | steps | final accuracy | wall time |"
+  assert table[2] == "| d | rwa | digits | 64 | 128 | 5 | 0.75 | 1.0 min |"
