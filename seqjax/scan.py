@@ -8,8 +8,9 @@ import numpy as np
 
 from seqjax.cells.base import Cell
 
-# Backends on which the backward pass is faster when it recomputes each step's internals from
-# the carry than when it stores them (CPU: 20-30% faster train steps for every cell, measured).
+# Backends on which the backward pass recomputes each step's internals from the carry instead
+# of storing them. CPU, measured: 3x less memory, speed neutral on a quiet machine (+-4%) and
+# 20-30% faster when other work shares the memory bus (BUILD_NOTES.md).
 RECOMPUTE_STEP_ON = ("cpu",)
 
 
@@ -74,8 +75,7 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
   else:
     body, inputs = masked_step, (jnp.arange(padded_T, dtype=jnp.int32), xs_T)
   if jax.default_backend() in RECOMPUTE_STEP_ON:
-    # The backward pass recomputes each step's gates from the saved carry instead of storing
-    # them: identical results, less memory, and measured faster (BUILD_NOTES.md).
+    # identical results; see RECOMPUTE_STEP_ON
     body = jax.checkpoint(body)
 
   if remat and T > 1:
