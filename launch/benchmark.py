@@ -5,8 +5,9 @@
 Times, in one process, interleaved, the median of --repeats runs after warm-up (block_until_ready):
 the train step (forward over T, a linear readout and squared loss at every step, backward, Adam
 update; donated state) and inference (forward only), for seqjax and for the anchors on the same
-shapes: flax nn.RNN(OptimizedLSTMCell | GRUCell | SimpleCell) and, when importable, torch.nn.LSTM /
-GRU / RNN. Ratios are anchor time / seqjax time (> 1: seqjax is faster). --memory adds XLA's
+shapes: flax nn.RNN(OptimizedLSTMCell | GRUCell | SimpleCell), when importable torch.nn.LSTM /
+GRU / RNN (on CUDA when JAX runs on a GPU and torch sees one), and on a GPU cuDNN's LSTM through
+jax.experimental.rnn (--anchors=cudnn). Ratios are anchor time / seqjax time (> 1: seqjax is faster). --memory adds XLA's
 compiled temp-memory figure of the seqjax train step for several T, with and without remat.
 """
 
@@ -33,9 +34,14 @@ HIDDEN = flags.DEFINE_integer("hidden_size", 128, "H")
 NUM_LAYERS = flags.DEFINE_list("num_layers", ["1"],
                                "Layer counts of the seqjax cell to time, e.g. 1,2 (anchors: 1). "
                                "Ratios are against the first.")
+AUTODIFF_ROW = flags.DEFINE_boolean(
+    "autodiff_row", False, "Also time seqjax's first cell with its hand-written backward pass "
+    "switched off (jax.grad of the scan), to show what that pass buys.")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
-UNROLL = flags.DEFINE_integer("unroll", 1, "seqjax scan unroll.")
-ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch"], "Anchors to time: flax, torch (empty: none).")
+UNROLL = flags.DEFINE_list("unroll", [], "seqjax scan unroll values to time, e.g. 1,4,8 "
+                           "(default: seqjax.scan's measured best for the backend).")
+ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch", "cudnn"],
+                            "Anchors to time: flax, torch, cudnn (GPU, lstm only); empty: none.")
 MEMORY = flags.DEFINE_list("memory", [], "Sequence lengths for the memory table, e.g. 1000,10000,100000.")
 JSON = flags.DEFINE_string("json", None, "Also write the results as JSON to this file.")
 
@@ -47,12 +53,12 @@ def _loss(ys_BxTxH_or_O):
   return jnp.mean(ys_BxTxH_or_O ** 2)
 
 
-def seqjax_fns(cell, xs, remat=False):
+def seqjax_fns(cell, xs, remat=False, unroll=1):
   params = models.init(cell, jax.random.key(0), xs.shape[-1], 1)
   tx = optax.adam(1e-3)
 
   def loss_fn(params, xs):
-    _, hs = seqjax.scan(cell, params["cell"], xs, unroll=UNROLL.value, remat=remat)
+    _, hs = seqjax.scan(cell, params["cell"], xs, unroll=unroll, remat=remat)
     return _loss(models.readout(params, hs))
 
   def train_step(state, xs):
@@ -62,7 +68,7 @@ def seqjax_fns(cell, xs, remat=False):
     return optax.apply_updates(params, updates), opt_state
 
   def infer(params, xs):
-    return models.readout(params, seqjax.scan(cell, params["cell"], xs, unroll=UNROLL.value)[1])
+    return models.readout(params, seqjax.scan(cell, params["cell"], xs, unroll=unroll)[1])
 
   return (params, tx.init(params)), jax.jit(train_step, donate_argnums=0), jax.jit(infer)
 
@@ -89,25 +95,64 @@ def flax_fns(name, xs):
   return (params, tx.init(params)), jax.jit(train_step, donate_argnums=0), jax.jit(net.apply)
 
 
+def cudnn_fns(xs):
+  """cuDNN's LSTM through jax.experimental.rnn (GPU only; its own flat weight layout)."""
+  from jax.experimental import rnn
+  B, F, H = xs.shape[0], xs.shape[-1], HIDDEN.value
+  k1, k2 = jax.random.split(jax.random.key(0))
+  params = {"w": rnn.init_lstm_weight(k1, F, H, 1, False),
+            "head": jax.random.normal(k2, (H, 1)) / np.sqrt(H)}
+  zeros = jnp.zeros((1, B, H), jnp.float32)
+  lengths = jnp.full((B,), xs.shape[1], jnp.int32)
+  tx = optax.adam(1e-3)
+
+  def apply(params, xs):
+    hs = rnn.lstm(xs, zeros, zeros, params["w"], lengths, input_size=F, hidden_size=H,
+                  num_layers=1, dropout=0.0, bidirectional=False)[0]
+    return hs @ params["head"]
+
+  def train_step(state, xs):
+    params, opt_state = state
+    grads = jax.grad(lambda p: _loss(apply(p, xs)))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  return (params, tx.init(params)), jax.jit(train_step, donate_argnums=0), jax.jit(apply)
+
+
 def torch_fns(name, xs_np):
   import torch
   torch.manual_seed(0)
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   rnn = getattr(torch.nn, TORCH_CELLS[name])(INPUT.value, HIDDEN.value, batch_first=True)
   head = torch.nn.Linear(HIDDEN.value, 1)
+  rnn, head = rnn.to(device), head.to(device)
   opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3)
-  xs = torch.from_numpy(np.array(xs_np))  # a writable copy
+  xs = torch.from_numpy(np.array(xs_np)).to(device)  # a writable copy
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def train_step():
     opt.zero_grad(set_to_none=True)
     loss = (head(rnn(xs)[0]) ** 2).mean()
     loss.backward()
     opt.step()
+    sync()
 
   def infer():
     with torch.no_grad():
       head(rnn(xs)[0])
+    sync()
 
-  return train_step, infer, f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+  where = (f"CUDA, cuDNN {torch.backends.cudnn.version()}" if device == "cuda"
+           else f"{torch.get_num_threads()} threads")
+  return train_step, infer, f"torch {torch.__version__} ({where})"
+
+
+def without_fused_backward(cell):
+  """The same cell, differentiated by jax.grad of the scan instead of seqjax._fused."""
+  if cell.layers:
+    return cells.stack([without_fused_backward(c) for c in cell.layers])
+  return cell._replace(parts=None)
 
 
 def _time(fn):
@@ -127,8 +172,12 @@ def memory_table(cell, lengths):
       params = state[0]
       def loss(p, xs, remat=remat):
         return _loss(models.readout(p, seqjax.scan(cell, p["cell"], xs, remat=remat)[1]))
-      compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
-      row["remat" if remat else "plain"] = compiled.memory_analysis().temp_size_in_bytes
+      try:
+        compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
+        row["remat" if remat else "plain"] = compiled.memory_analysis().temp_size_in_bytes
+      except jax.errors.JaxRuntimeError as e:  # e.g. GPU autotuning cannot fit the buffers
+        row["remat" if remat else "plain"] = None
+        row["error"] = str(e).splitlines()[0][:200]
     rows.append(row)
   return rows
 
@@ -140,10 +189,18 @@ def main(argv):
   xs = jax.random.normal(jax.random.key(1), (B, T, F), jnp.float32)
   contenders = {}  # label -> (train thunk, infer thunk)
   box = {}
-  for n in [int(v) for v in NUM_LAYERS.value]:
-    cell = cells.get(name, hidden_size=HIDDEN.value, num_layers=n)
-    label = f"seqjax {cell.name}"
-    box[label], step, infer = seqjax_fns(cell, xs)
+  unrolls = [int(u) for u in UNROLL.value] or [seqjax.default_unroll()]
+  variants = []  # (label, cell, unroll)
+  for n in NUM_LAYERS.value:
+    cell = cells.get(name, hidden_size=HIDDEN.value, num_layers=int(n))
+    for u in unrolls:
+      variants.append((f"seqjax {cell.name}" + (f" unroll={u}" if len(unrolls) > 1 else ""),
+                       cell, u))
+  if AUTODIFF_ROW.value:
+    label, cell, u = variants[0]
+    variants.append((label + " (jax.grad backward)", without_fused_backward(cell), u))
+  for label, cell, unroll in variants:
+    box[label], step, infer = seqjax_fns(cell, xs, unroll=unroll)
 
     def seqjax_train(label=label, step=step):
       box[label] = step(box[label], xs)
@@ -167,6 +224,15 @@ def main(argv):
     contenders[f"flax nn.RNN({FLAX_CELLS[name]})"] = (
         flax_train, lambda: jax.block_until_ready(finfer(box["flax"][0], xs)))
     versions["flax"] = flax.__version__
+  if "cudnn" in ANCHORS.value and name == "lstm" and jax.default_backend() == "gpu":
+    box["cudnn"], cstep, capply = cudnn_fns(xs)
+
+    def cudnn_train():
+      box["cudnn"] = cstep(box["cudnn"], xs)
+      jax.block_until_ready(box["cudnn"])
+
+    contenders["cuDNN (jax.experimental.rnn)"] = (
+        cudnn_train, lambda: jax.block_until_ready(capply(box["cudnn"][0], xs)))
   if "torch" in ANCHORS.value and name in TORCH_CELLS:
     try:
       ttrain, tinfer, tversion = torch_fns(name, np.asarray(xs))
@@ -199,7 +265,9 @@ def main(argv):
     report["memory"] = memory_table(cell, [int(t) for t in MEMORY.value])
     print(f"{'T':>8s} {'plain MiB':>10s} {'remat MiB':>10s}")
     for row in report["memory"]:
-      print(f"{row['T']:8d} {row['plain'] / 2**20:10.1f} {row['remat'] / 2**20:10.1f}")
+      mib = ["does not compile" if row[k] is None else f"{row[k] / 2**20:.1f}"
+             for k in ("plain", "remat")]
+      print(f"{row['T']:8d} {mib[0]:>10s} {mib[1]:>10s}")
   if JSON.value:
     with open(JSON.value, "w") as f:
       json.dump(report, f, indent=2)

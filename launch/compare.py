@@ -76,7 +76,7 @@ def main(argv):
         curves[label].append(experiment.run(cfg, log=run_flags.log))
         workdirs.append(cfg.workdir)
     first = groups[0][1][0]
-    target = report.THRESHOLDS.get(first.task, (None, None, None))
+    target = report.threshold(first.task, first.seq_len)
     plots.compare_curves(curves, os.path.join(root, "compare.png"),
                          f"{first.task} (T={first.seq_len}, H={first.hidden_size})", metric,
                          threshold=target[2] if target[0] == metric else None)

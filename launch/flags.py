@@ -31,7 +31,8 @@ FEEDBACK = flags.DEFINE_enum("feedback", "teacher", ["teacher", "free", "schedul
                              "from 1 to 0 (scheduled).")
 TEACHER_FORCING_DECAY_STEPS = flags.DEFINE_integer(
     "teacher_forcing_decay_steps", 10000, "scheduled: steps over which p falls from 1 to 0.")
-UNROLL = flags.DEFINE_integer("unroll", 1, "Time steps per loop iteration (speed only).")
+UNROLL = flags.DEFINE_integer("unroll", None, "Time steps per loop iteration (speed only; default: "
+                              "the backend's measured best, 8 on GPU, 1 on CPU).")
 REMAT = flags.DEFINE_boolean("remat", False, "Checkpoint the time loop (memory ~ sqrt(T)).")
 NUM_DEVICES = flags.DEFINE_integer("num_devices", None,
                                    "Data-parallel devices per process (default: all local ones).")

@@ -2,7 +2,8 @@
 
 Columns: settings, steps to the paper's threshold for the task (rolling mean of 5 evaluations),
 final eval metrics (--metrics=accuracy,sequence_accuracy to choose), wall time. With
---over_seeds: one row per configuration, the final metrics' mean ± sd over seeds.
+--over_seeds: one row per configuration, the final metrics' mean ± sd over seeds. With
+--figure=PATH: also draw the runs' learning curves (one task) on one figure.
 """
 
 import os
@@ -10,12 +11,14 @@ import sys
 
 from absl import app, flags
 
-from seqjax import report
+from seqjax import plots, report
 
 METRICS = flags.DEFINE_list("metrics", None, "eval metrics to show (default: the task's).")
 OVER_SEEDS = flags.DEFINE_boolean("over_seeds", False,
                                   "One row per configuration: mean ± sd of the final metrics "
                                   "over runs that differ only in --seed (needs --metrics).")
+FIGURE = flags.DEFINE_string("figure", None, "Also draw the runs' eval curves into this PNG "
+                             "(runs of one task; the paper's threshold dotted).")
 
 
 def main(argv):
@@ -29,6 +32,18 @@ def main(argv):
     print(report.seed_table(workdirs, METRICS.value))
   else:
     print(report.summary_table(workdirs, METRICS.value))
+  if FIGURE.value:
+    runs = [report.read_run(w) for w in workdirs]
+    tasks = {(c["task"], c["seq_len"]) for c, _ in runs}
+    if len(tasks) != 1:
+      sys.exit(f"error: --figure needs runs of one task and length; got {sorted(tasks)}")
+    (task, seq_len), = tasks
+    metric, _, value = report.threshold(task, seq_len)
+    metric = (METRICS.value or [metric or "loss"])[0]
+    plots.compare_curves({os.path.basename(os.path.normpath(w)): [rows]
+                          for w, (_, rows) in zip(workdirs, runs)}, FIGURE.value,
+                         f"{task} (T={seq_len})", metric, threshold=value)
+    print(f"figure: {FIGURE.value}")
 
 
 if __name__ == "__main__":

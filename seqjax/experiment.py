@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from seqjax import cells, checkpoint, parallel, plots, tasks, train
+from seqjax.scan import default_unroll
 
 
 class RunError(Exception):
@@ -43,7 +44,7 @@ class RunConfig:
   prefix_len: int = 3
   feedback: str = "teacher"
   teacher_forcing_decay_steps: int = 10000
-  unroll: int = 1
+  unroll: Optional[int] = None         # default: seqjax.scan's measured best for the backend
   remat: bool = False
   num_devices: Optional[int] = None    # devices per process for data parallelism; None: all
   workdir: str = "runs/default"
@@ -55,13 +56,15 @@ class RunConfig:
     defaults = tasks.DEFAULTS[self.task]
     fill = {k: defaults[k] for k in ("seq_len", "hidden_size", "batch_size", "num_steps",
                                      "learning_rate") if getattr(self, k) is None}
+    if self.unroll is None:
+      fill["unroll"] = default_unroll()
     return dataclasses.replace(self, **fill)
 
 
 # Settings a resumed run may change; any other difference means a different experiment.
 # (learning_rate: Adam's state does not depend on it, so a diverged run can go on more gently.)
 RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning_rate",
-                     "num_devices")
+                     "num_devices", "unroll", "remat")  # unroll, remat: speed and memory only
 
 
 def _check(ok, flag, value, allowed):

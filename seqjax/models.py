@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells.base import Cell, bias
-from seqjax.scan import scan
+from seqjax.scan import default_unroll, scan
 
 _readout_init = jax.nn.initializers.lecun_normal()
 
@@ -25,7 +25,7 @@ def readout(params, h):
   return y + bias(params["readout"]["b"], y)
 
 
-def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=1, remat=False):
+def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=None, remat=False):
   """xs [B, T, F] -> outputs [B, T, O] (per_step) or [B, O] at each sequence's last valid step.
 
   A sequence of length 0 has no last step: its outputs are the readout of h = 0 (the bias).
@@ -42,7 +42,7 @@ def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=1, remat=F
 
 
 def closed_loop(cell: Cell, params, xs, prefix_len: int, feedback_channel: int = 0,
-                teacher_prob=0.0, key=None, unroll: int = 1):
+                teacher_prob=0.0, key=None, unroll: int = None):
   """Stateful prediction: the model feeds its own previous prediction back as input.
 
   xs [*batch, T, F] holds the observed inputs: at step t < prefix_len the input is xs[..., t, :]
@@ -74,5 +74,6 @@ def closed_loop(cell: Cell, params, xs, prefix_len: int, feedback_channel: int =
     return (state, y[..., 0].astype(x_t.dtype)), y
 
   init_pred = jnp.zeros(batch_shape, xs.dtype)
-  _, ys = jax.lax.scan(body, (state, init_pred), (jnp.arange(T), xs_T, coins), unroll=unroll)
+  _, ys = jax.lax.scan(body, (state, init_pred), (jnp.arange(T), xs_T, coins),
+                       unroll=default_unroll() if unroll is None else unroll)
   return jnp.moveaxis(ys, 0, -2)

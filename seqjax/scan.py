@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import _fused
 from seqjax.cells.base import Cell
 
 # Backends on which the backward pass recomputes each step's internals from the carry instead
@@ -14,7 +15,21 @@ from seqjax.cells.base import Cell
 RECOMPUTE_STEP_ON = ("cpu",)
 
 
-def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int = 1,
+# Measured best `unroll` per backend (BUILD_NOTES.md, performance): H100, LSTM B=100 T=1000
+# H=256 train step 33 ms at 1, 19 at 4, 17 at 8, 18 at 16; on the 2-core CPU > 1 never helped.
+UNROLL_BY_BACKEND = {"gpu": 8}
+
+
+def default_unroll() -> int:
+  return UNROLL_BY_BACKEND.get(jax.default_backend(), 1)
+
+
+# Input width up to which the hand-written backward pass recomputes the input projection per
+# step rather than storing it (seqjax._fused).
+NARROW_INPUT = 32
+
+
+def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int = None,
          remat: bool = False):
   """Runs `cell.step` over the time axis of `xs`.
 
@@ -27,6 +42,7 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
       past that are 0, and whatever the padding holds reaches neither an output nor a gradient.
     initial_state: the state before step 1; default `cell.initial_state(params, batch)`.
     unroll: steps per loop iteration (`jax.lax.scan`'s unroll); never changes results.
+      Default: the measured best for the backend, `default_unroll()` (1 on CPU, 8 on GPU).
     remat: checkpoint the loop in chunks of ~sqrt(T) steps, so the backward pass keeps
       O(sqrt(T)) states instead of O(T), for about one extra forward pass of compute.
 
@@ -38,6 +54,8 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
     raise ValueError(f"xs must be [B, T, F] or [T, F]; got shape {xs.shape}")
+  if unroll is None:
+    unroll = default_unroll()
   if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
     raise ValueError(f"unroll must be an int >= 1, got {unroll!r}")
   batch_shape, T = xs.shape[:-2], xs.shape[-2]
@@ -45,6 +63,15 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
     initial_state = cell.initial_state(params, batch_shape)
   if lengths is not None:
     lengths = _check_lengths(lengths, batch_shape, T)
+
+  if cell.layers:
+    # A stack, layer by layer: each layer's output sequence is the next one's input, which
+    # equals stepping the whole stack per time step and lets every layer take its own fast path.
+    final_states, hs = [], xs
+    for layer, p, s in zip(cell.layers, params, initial_state):
+      s, hs = scan(layer, p, hs, lengths, s, unroll, remat)
+      final_states.append(s)
+    return tuple(final_states), hs
 
   xs_T = jnp.moveaxis(xs, -2, 0)  # time-major for the loop: [T, *batch, F]
   chunk = math.isqrt(T - 1) + 1 if remat and T > 1 else T  # ceil(sqrt(T))
@@ -70,23 +97,37 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
                              new_state, state)
     return new_state, jnp.where(_expand(active, h), h, jnp.zeros((), h.dtype))
 
-  if lengths is None:
-    body, inputs = step, xs_T
+  if cell.parts is not None:
+    fused = _fused.make_fused_scan(cell.parts, unroll,
+                                   store_input_projection=xs.shape[-1] > NARROW_INPUT)
+    if lengths is None:
+      run, inputs = (lambda state, xs: fused(params, xs, state, None)), xs_T
+    else:
+      active_T = _expand_time(jnp.arange(padded_T, dtype=jnp.int32), lengths)
+      run, inputs = (lambda state, inp: fused(params, inp[1], state, inp[0])), (active_T, xs_T)
   else:
-    body, inputs = masked_step, (jnp.arange(padded_T, dtype=jnp.int32), xs_T)
-  if jax.default_backend() in RECOMPUTE_STEP_ON:
-    # identical results; see RECOMPUTE_STEP_ON
-    body = jax.checkpoint(body)
+    if lengths is None:
+      body, inputs = step, xs_T
+    else:
+      body, inputs = masked_step, (jnp.arange(padded_T, dtype=jnp.int32), xs_T)
+    if jax.default_backend() in RECOMPUTE_STEP_ON:
+      # identical results; see RECOMPUTE_STEP_ON
+      body = jax.checkpoint(body)
+    run = lambda state, inp: jax.lax.scan(body, state, inp, unroll=unroll)
 
   if remat and T > 1:
     split = lambda a: a.reshape(num_chunks, chunk, *a.shape[1:])
-    run_chunk = jax.checkpoint(
-        lambda state, inp: jax.lax.scan(body, state, inp, unroll=unroll))
+    run_chunk = jax.checkpoint(run)
     final_state, hs_T = jax.lax.scan(run_chunk, initial_state, jax.tree.map(split, inputs))
     hs_T = hs_T.reshape(padded_T, *hs_T.shape[2:])[:T]
   else:
-    final_state, hs_T = jax.lax.scan(body, initial_state, inputs, unroll=unroll)
+    final_state, hs_T = run(initial_state, inputs)
   return final_state, jnp.moveaxis(hs_T, 0, -2)
+
+
+def _expand_time(ts, lengths):
+  """active[t, *batch] = t < lengths[*batch]."""
+  return ts.reshape(ts.shape + (1,) * lengths.ndim) < lengths[None]
 
 
 def _expand(active, like):

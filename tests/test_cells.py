@@ -130,7 +130,8 @@ def test_rwa_first_step_is_exact():
   np.testing.assert_array_equal(state.d, 1.0)
   np.testing.assert_array_equal(h, jnp.tanh(state.n))  # n/d with d exactly 1: nothing from m_0
   np.testing.assert_allclose(state.n, z, rtol=1e-6, atol=1e-7)  # (matmul order may differ by an ulp)
-  np.testing.assert_array_equal(state.m, x @ params["W_ax"] + (h0 @ params["W_ah"])[None])
+  np.testing.assert_allclose(state.m, x @ params["W_ax"] + (h0 @ params["W_ah"])[None],
+                             rtol=1e-6, atol=1e-7)  # m = a_1 (up to the product's rounding)
 
 
 @pytest.mark.parametrize("scale", [1e3, 1e4])

@@ -40,6 +40,24 @@ def test_summary_table_from_workdirs(tmp_path):
   assert out.returncode != 0 and "no metrics.jsonl" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_mixed_tasks_name_each_rule_and_long_copy_uses_the_papers_tighter_one(tmp_path):
+  for name, task, T, metric, values in [
+      ("add", "adding", 1000, "mse", [0.1] + [0.005] * 5),
+      ("copy100", "copy", 100, "bits_per_step", [0.05] * 5),
+      ("copy1000", "copy", 1000, "bits_per_step", [0.05] * 5)]:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(
+        {"model": "rwa", "task": task, "seq_len": T, "hidden_size": 8, "num_layers": 1}))
+    (tmp_path / name / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": 100 * (i + 1), f"eval_{metric}": v, "wall_time": 6.0}) + "\n"
+        for i, v in enumerate(values)))
+  table = report.summary_table([tmp_path / n for n in ("add", "copy100", "copy1000")]).splitlines()
+  assert "| steps to threshold | final value |" in table[0]
+  assert "| 600 (mse < 0.01) | 0.005 |" in table[2]
+  assert "| 500 (bits_per_step < 0.1) | 0.05 |" in table[3]
+  assert "| not within 500 (bits_per_step < 0.01) | 0.05 |" in table[4]
+
+
 def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
   for name, seed, feedback, mse in [("a0", 0, "free", 1.0), ("a1", 1, "free", 3.0),
                                     ("b0", 0, "teacher", 5.0)]:

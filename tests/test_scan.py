@@ -71,6 +71,44 @@ def test_unroll_and_remat_change_nothing(name, T, with_lengths):
     assert_trees_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
+def _literal_with_lengths(cell, params, xs, lengths, state0):
+  """Per sequence: the Python loop of `cell.step` over exactly lengths[b] steps, outputs
+  zero-padded to T (the contract's definition of lengths, with no masking code involved)."""
+  states, hs = [], []
+  for b, L in enumerate(lengths):
+    s, h = loop(cell, params, xs[b, :L], jax.tree.map(lambda v: v[b], state0))
+    states.append(s)
+    hs.append(jnp.concatenate([h, jnp.zeros((xs.shape[1] - L, h.shape[-1]), h.dtype)]))
+  return jax.tree.map(lambda *v: jnp.stack(v), *states), jnp.stack(hs)
+
+
+@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("remat", [False, True])
+def test_scan_gradients_equal_autodiff_of_the_literal_loop(name, with_lengths, remat):
+  """scan differentiates the time loop by hand (seqjax._fused); in float64 its gradients with
+  respect to params, inputs and the initial state equal jax.grad of the per-step loop."""
+  T = 10
+  with jax.enable_x64(True):
+    cell, params, xs = _problem(name, B=3, T=T)
+    params, xs = jax.tree.map(lambda v: v.astype(jnp.float64), (params, xs))
+    # a reachable, non-trivial initial state: the state after a random prefix
+    state0, _ = seqjax.scan(cell, params, jax.random.normal(jax.random.key(5), (3, 4, F)))
+    lengths = [T, 0, 6] if with_lengths else [T] * 3
+    w = jax.random.normal(jax.random.key(6), (3, T, H), jnp.float64)
+
+    def loss(run):
+      def f(params, xs, state0):
+        state, hs = run(params, xs, state0)
+        return jnp.sum(hs * w) + sum(jnp.sum(jnp.tanh(v)) for v in jax.tree.leaves(state))
+      return jax.value_and_grad(f, argnums=(0, 1, 2))(params, xs, state0)
+
+    got = loss(lambda p, x, s: seqjax.scan(cell, p, x, jnp.array(lengths) if with_lengths
+                                           else None, s, remat=remat, unroll=2))
+    ref = loss(lambda p, x, s: _literal_with_lengths(cell, p, x, lengths, s))
+    assert_trees_close(got, ref, rtol=1e-11, atol=1e-12)
+
+
 def test_single_step_sequences_with_remat():
   cell, params, xs = _problem("rwa", T=1)
   ref = _loss_and_grads(cell, params, xs)

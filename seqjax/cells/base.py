@@ -1,6 +1,6 @@
 """The `Cell` record shared by every recurrent cell, and the initialisers they use."""
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -9,18 +9,41 @@ Params = Any  # a pytree of arrays: a dict for one cell, a tuple of dicts for a 
 State = Any   # a NamedTuple of [*batch_shape, H] arrays, or a tuple of those for a stack
 
 
+class LoopParts(NamedTuple):
+  """A cell's step split as step(params, s, x) = update(s, project_x(params, x),
+  project_h(params, s.h)), where only the two projections touch params.
+
+  `seqjax.scan` uses the split to differentiate the time loop by hand: one matmul per step in
+  the backward loop, the weight gradients from all steps at once after it (`seqjax._fused`).
+  """
+  project_x: Callable  # (params, x [..., F]) -> pytree of [..., K] (any leading dims)
+  project_h: Callable  # (params, h [..., H]) -> pytree of [..., K], affine in h
+  update: Callable     # (state, px, ph) -> (new_state, h)
+
+
 class Cell(NamedTuple):
   """A recurrent cell as pure functions (the same idea as `optax.GradientTransformation`).
 
   init(key, input_size) -> params
   initial_state(params, batch_shape) -> state
   step(params, state, x_t) -> (state, h_t);  x_t: [*batch_shape, F] -> h_t: [*batch_shape, H]
+  parts: optional `LoopParts` of `step` (cells written elsewhere can leave it out).
+  layers: a stack's cells, bottom first (empty for a single cell).
   """
   init: Callable[..., Params]
   initial_state: Callable[..., State]
   step: Callable[..., tuple]
   name: str
   hidden_size: int
+  parts: Optional[LoopParts] = None
+  layers: tuple = ()
+
+
+def step_from_parts(parts: LoopParts):
+  """The step that `parts` describe: the one definition both scan paths run."""
+  def step(params, state, x_t):
+    return parts.update(state, parts.project_x(params, x_t), parts.project_h(params, state.h))
+  return step
 
 
 def check_size(what: str, value) -> int:

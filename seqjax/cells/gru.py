@@ -13,7 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, bias, check_size, glorot_blocks, orthogonal_blocks, state_dtype
+from seqjax.cells.base import (Cell, LoopParts, bias, check_size, glorot_blocks, orthogonal_blocks,
+                               state_dtype, step_from_parts)
 
 
 class GRUState(NamedTuple):
@@ -34,11 +35,15 @@ def gru(hidden_size: int) -> Cell:
   def initial_state(params, batch_shape=()):
     return GRUState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype)))
 
-  def step(params, state, x_t):
-    gx = x_t @ params["W_x"]
-    gx = gx + bias(params["b_x"], gx)
-    gh = state.h @ params["W_h"]
-    gh = gh + bias(params["b_h"], gh)
+  def project_x(params, x):
+    gx = x @ params["W_x"]
+    return gx + bias(params["b_x"], gx)
+
+  def project_h(params, h):
+    gh = h @ params["W_h"]
+    return gh + bias(params["b_h"], gh)
+
+  def update(state, gx, gh):
     xr, xz, xn = jnp.split(gx, 3, axis=-1)
     hr, hz, hn = jnp.split(gh, 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)
@@ -47,4 +52,5 @@ def gru(hidden_size: int) -> Cell:
     h = ((1 - z) * n + z * state.h).astype(state.h.dtype)
     return GRUState(h), h
 
-  return Cell(init, initial_state, step, "gru", H)
+  parts = LoopParts(project_x, project_h, update)
+  return Cell(init, initial_state, step_from_parts(parts), "gru", H, parts)

@@ -13,7 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, bias, check_size, glorot_blocks, orthogonal_blocks, state_dtype
+from seqjax.cells.base import (Cell, LoopParts, bias, check_size, glorot_blocks, orthogonal_blocks,
+                               state_dtype, step_from_parts)
 
 FORGET_BIAS = 1.0
 
@@ -38,13 +39,19 @@ def lstm(hidden_size: int) -> Cell:
     zeros = jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype))
     return LSTMState(h=zeros, c=zeros)
 
-  def step(params, state, x_t):
-    gates = x_t @ params["W_x"] + state.h @ params["W_h"]
-    gates = gates + bias(params["b"], gates)
-    i, f, g, o = jnp.split(gates, 4, axis=-1)
+  def project_x(params, x):
+    px = x @ params["W_x"]
+    return px + bias(params["b"], px)
+
+  def project_h(params, h):
+    return h @ params["W_h"]
+
+  def update(state, px, ph):
+    i, f, g, o = jnp.split(px + ph, 4, axis=-1)
     c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
     c, h = c.astype(state.c.dtype), h.astype(state.h.dtype)
     return LSTMState(h=h, c=c), h
 
-  return Cell(init, initial_state, step, "lstm", H)
+  parts = LoopParts(project_x, project_h, update)
+  return Cell(init, initial_state, step_from_parts(parts), "lstm", H, parts)

@@ -8,7 +8,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, bias, check_size, glorot, orthogonal, state_dtype
+from seqjax.cells.base import (Cell, LoopParts, bias, check_size, glorot, orthogonal, state_dtype,
+                               step_from_parts)
 
 
 class RNNState(NamedTuple):
@@ -28,10 +29,16 @@ def rnn(hidden_size: int) -> Cell:
   def initial_state(params, batch_shape=()):
     return RNNState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype)))
 
-  def step(params, state, x_t):
-    pre = x_t @ params["W_x"] + state.h @ params["W_h"]
-    h = jnp.tanh(pre + bias(params["b"], pre))
-    h = h.astype(state.h.dtype)
+  def project_x(params, x):
+    px = x @ params["W_x"]
+    return px + bias(params["b"], px)
+
+  def project_h(params, h):
+    return h @ params["W_h"]
+
+  def update(state, px, ph):
+    h = jnp.tanh(px + ph).astype(state.h.dtype)
     return RNNState(h), h
 
-  return Cell(init, initial_state, step, "rnn", H)
+  parts = LoopParts(project_x, project_h, update)
+  return Cell(init, initial_state, step_from_parts(parts), "rnn", H, parts)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, bias, check_size, glorot, state_dtype
+from seqjax.cells.base import Cell, LoopParts, bias, check_size, glorot, state_dtype, step_from_parts
 
 
 class RWAState(NamedTuple):
@@ -59,13 +59,20 @@ def rwa(hidden_size: int) -> Cell:
                     d=jnp.zeros(shape, dtype),
                     m=jnp.full(shape, jnp.finfo(dtype).min, dtype))
 
-  def step(params, state, x_t):
+  def project_x(params, x):
+    u, g = x @ params["W_u"], x @ params["W_gx"]
+    return u + bias(params["b_u"], u), g + bias(params["b_g"], g), x @ params["W_ax"]
+
+  def project_h(params, h):
+    # one [H, 2H] product instead of two [H, H] ones (the concatenation is loop-invariant)
+    gh, ah = jnp.split(h @ jnp.concatenate([params["W_gh"], params["W_ah"]], axis=1), 2, axis=-1)
+    return gh, ah
+
+  def update(state, px, ph):
     dtype = state.n.dtype
-    u = x_t @ params["W_u"]
-    u = u + bias(params["b_u"], u)
-    g = x_t @ params["W_gx"] + state.h @ params["W_gh"]
-    g = g + bias(params["b_g"], g)
-    a = (x_t @ params["W_ax"] + state.h @ params["W_ah"]).astype(dtype)
+    (u, gx, ax), (gh, ah) = px, ph
+    g = gx + gh
+    a = (ax + ah).astype(dtype)
     z = (u * jnp.tanh(g)).astype(dtype)
     m = jax.lax.stop_gradient(jnp.maximum(state.m, a))
     rescale = jnp.exp(jax.lax.stop_gradient(state.m) - m)
@@ -75,4 +82,5 @@ def rwa(hidden_size: int) -> Cell:
     h = jnp.tanh(n / d).astype(state.h.dtype)
     return RWAState(h=h, n=n, d=d, m=m), h
 
-  return Cell(init, initial_state, step, "rwa", H)
+  parts = LoopParts(project_x, project_h, update)
+  return Cell(init, initial_state, step_from_parts(parts), "rwa", H, parts)

@@ -30,4 +30,4 @@ def stack(layers: Sequence[Cell]) -> Cell:
     return tuple(new_state), h
 
   name = "+".join(c.name for c in layers)
-  return Cell(init, initial_state, step, name, layers[-1].hidden_size)
+  return Cell(init, initial_state, step, name, layers[-1].hidden_size, layers=layers)
