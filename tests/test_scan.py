@@ -18,10 +18,12 @@ CELLS = {
     "rwa": lambda: cells.rwa(H),
     "lstm+rwa": lambda: cells.stack([cells.lstm(5), cells.rwa(H)]),
 }
+# A cell written elsewhere declares no LoopParts: scan differentiates it with jax.grad.
+WITHOUT_PARTS = {"rwa, no parts": lambda: cells.rwa(H)._replace(parts=None)}
 
 
 def _problem(name, B=3, T=9, key=0):
-  cell = CELLS[name]()
+  cell = {**CELLS, **WITHOUT_PARTS}[name]()
   kp, kr, kx = jax.random.split(jax.random.key(key), 3)
   params = random_params(cell.init(kp, F), kr)
   xs = jax.random.normal(kx, (B, T, F))
@@ -82,7 +84,7 @@ def _literal_with_lengths(cell, params, xs, lengths, state0):
   return jax.tree.map(lambda *v: jnp.stack(v), *states), jnp.stack(hs)
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name", [*CELLS, *WITHOUT_PARTS])
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("remat", [False, True])
 def test_scan_gradients_equal_autodiff_of_the_literal_loop(name, with_lengths, remat):
