@@ -31,6 +31,9 @@ BATCH = flags.DEFINE_integer("batch_size", 100, "B")
 SEQ_LEN = flags.DEFINE_integer("seq_len", 1000, "T")
 INPUT = flags.DEFINE_integer("input_size", 2, "F")
 HIDDEN = flags.DEFINE_integer("hidden_size", 128, "H")
+DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                          "seqjax's matmul operand precision (params and state stay float32; "
+                          "the anchors run float32).")
 NUM_LAYERS = flags.DEFINE_list("num_layers", ["1"],
                                "Layer counts of the seqjax cell to time, e.g. 1,2 (anchors: 1). "
                                "Ratios are against the first.")
@@ -192,10 +195,11 @@ def main(argv):
   unrolls = [int(u) for u in UNROLL.value] or [seqjax.default_unroll()]
   variants = []  # (label, cell, unroll)
   for n in NUM_LAYERS.value:
-    cell = cells.get(name, hidden_size=HIDDEN.value, num_layers=int(n))
+    cell = cells.get(name, hidden_size=HIDDEN.value, num_layers=int(n),
+                     dtype=None if DTYPE.value == "float32" else jnp.bfloat16)
     for u in unrolls:
-      variants.append((f"seqjax {cell.name}" + (f" unroll={u}" if len(unrolls) > 1 else ""),
-                       cell, u))
+      variants.append((f"seqjax {cell.name}" + (f" unroll={u}" if len(unrolls) > 1 else "")
+                       + (f" {DTYPE.value}" if DTYPE.value != "float32" else ""), cell, u))
   if AUTODIFF_ROW.value:
     label, cell, u = variants[0]
     variants.append((label + " (jax.grad backward)", without_fused_backward(cell), u))

@@ -34,6 +34,8 @@ TEACHER_FORCING_DECAY_STEPS = flags.DEFINE_integer(
 UNROLL = flags.DEFINE_integer("unroll", None, "Time steps per loop iteration (speed only; default: "
                               "the backend's measured best, 8 on GPU, 1 on CPU).")
 REMAT = flags.DEFINE_boolean("remat", False, "Checkpoint the time loop (memory ~ sqrt(T)).")
+DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                          "Matmul operand precision; bfloat16 keeps params and state in float32.")
 NUM_DEVICES = flags.DEFINE_integer("num_devices", None,
                                    "Data-parallel devices per process (default: all local ones).")
 DISTRIBUTED = flags.DEFINE_boolean("distributed", False,
@@ -54,7 +56,8 @@ def run_config(model: str, bit_order: str, num_layers: int, seed: int,
                   eval_every=EVAL_EVERY.value, eval_size=EVAL_SIZE.value, permute=PERMUTE.value,
                   data_dir=DATA_DIR.value, prefix_len=PREFIX_LEN.value, feedback=FEEDBACK.value,
                   teacher_forcing_decay_steps=TEACHER_FORCING_DECAY_STEPS.value,
-                  unroll=UNROLL.value, remat=REMAT.value, num_devices=NUM_DEVICES.value)
+                  unroll=UNROLL.value, remat=REMAT.value, dtype=DTYPE.value,
+                  num_devices=NUM_DEVICES.value)
   cfg = cfg.resolved()
   return dataclasses.replace(cfg, workdir=workdir or default_workdir(cfg))
 

@@ -46,6 +46,7 @@ class RunConfig:
   teacher_forcing_decay_steps: int = 10000
   unroll: Optional[int] = None         # default: seqjax.scan's measured best for the backend
   remat: bool = False
+  dtype: str = "float32"               # matmul operands; "bfloat16": mixed, float32 params/state
   num_devices: Optional[int] = None    # devices per process for data parallelism; None: all
   workdir: str = "runs/default"
 
@@ -72,6 +73,9 @@ def _check(ok, flag, value, allowed):
     raise RunError(f"--{flag}={value}: {allowed}")
 
 
+DTYPES = {"float32": None, "bfloat16": "bfloat16"}  # --dtype -> the cells' matmul dtype
+
+
 def _is_int(v):
   return isinstance(v, int) and not isinstance(v, bool)
 
@@ -79,6 +83,7 @@ def _is_int(v):
 def validate(cfg: RunConfig) -> tasks.Task:
   """Checks every setting before any work; returns the task (which also checks its data)."""
   _check(cfg.model in cells.NAMES, "model", cfg.model, f"allowed: {', '.join(cells.NAMES)}")
+  _check(cfg.dtype in DTYPES, "dtype", cfg.dtype, f"allowed: {', '.join(DTYPES)}")
   for flag in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll",
                "prefix_len", "teacher_forcing_decay_steps"):
     value = getattr(cfg, flag)
@@ -163,7 +168,8 @@ def main_metric(task: tasks.Task) -> str:
 
 
 def train_config(cfg: RunConfig, task: tasks.Task, mesh=None) -> train.Config:
-  cell = cells.get(cfg.model, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers)
+  cell = cells.get(cfg.model, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                   dtype=DTYPES[cfg.dtype])
   return train.Config(cell=cell, task=task, mesh=mesh,
                       optimizer=train.make_optimizer(cfg.learning_rate, cfg.clip_norm or None),
                       batch_size=cfg.batch_size, unroll=cfg.unroll, remat=cfg.remat,

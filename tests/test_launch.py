@@ -80,6 +80,30 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path):
     assert a.read() == b.read()  # same params and optimizer state, bit for bit
 
 
+def test_resume_may_change_unroll_and_remat_and_ends_where_the_whole_run_does(tmp_path):
+  opts = dict(task="adding", model="rwa", seq_len=7, eval_every=3)
+  _run(workdir=str(tmp_path / "whole"), **{**opts, "num_steps": 6})
+  _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 3})
+  _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 6, "unroll": 3, "remat": True})
+  whole, split = _rows(tmp_path / "whole"), _rows(tmp_path / "split")
+  assert [r["step"] for r in split] == [3, 6]
+  np.testing.assert_allclose(split[-1]["eval_loss"], whole[-1]["eval_loss"], rtol=1e-5)
+  config = json.load(open(tmp_path / "split" / "config.json"))
+  assert config["unroll"] == 3 and config["remat"] is True
+
+
+def test_bfloat16_matmuls_run_close_to_float32_and_are_recorded(tmp_path):
+  opts = dict(task="adding", model="lstm", seq_len=6, num_steps=2, eval_every=2)
+  _run(workdir=str(tmp_path / "f32"), **opts)
+  _run(workdir=str(tmp_path / "bf16"), dtype="bfloat16", **opts)
+  assert json.load(open(tmp_path / "bf16" / "config.json"))["dtype"] == "bfloat16"
+  f32, bf16 = _rows(tmp_path / "f32")[-1]["eval_loss"], _rows(tmp_path / "bf16")[-1]["eval_loss"]
+  assert f32 != bf16 and abs(f32 - bf16) < 0.02 * f32
+  with pytest.raises(SystemExit) as e:  # a different precision is a different experiment
+    _run(workdir=str(tmp_path / "bf16"), **{**opts, "num_steps": 4})
+  assert "--dtype=float32" in str(e.value.code)
+
+
 @pytest.mark.parametrize("flag,value,message", [
     ("hidden_size", 0, "--hidden_size=0: must be an integer >= 1"),
     ("batch_size", -4, "--batch_size=-4: must be an integer >= 1"),

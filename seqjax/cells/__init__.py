@@ -11,13 +11,14 @@ REGISTRY = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa}
 NAMES = tuple(REGISTRY)
 
 
-def get(name: str, hidden_size: int, num_layers: int = 1) -> Cell:
-  """The cell called `name`; with num_layers > 1, that many of them stacked."""
+def get(name: str, hidden_size: int, num_layers: int = 1, dtype=None) -> Cell:
+  """The cell called `name`; with num_layers > 1, that many of them stacked. dtype: the
+  matmul operand precision (None: the params'; jnp.bfloat16: mixed precision, float32 state)."""
   if name not in REGISTRY:
     raise ValueError(f"unknown cell {name!r}; allowed: {', '.join(NAMES)}")
   if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
     raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
-  cell = REGISTRY[name](hidden_size)
+  cell = REGISTRY[name](hidden_size, dtype=dtype)
   return cell if num_layers == 1 else stack([cell] * num_layers)
 
 

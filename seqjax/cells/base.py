@@ -39,6 +39,19 @@ class Cell(NamedTuple):
   layers: tuple = ()
 
 
+def single_matrix_projections(dtype=None):
+  """project_x = x W_x + b and project_h = h W_h: the projections of cells whose gates all sum
+  one input product and one hidden product (rnn, lstm)."""
+  def project_x(params, x):
+    px = matmul(x, params["W_x"], dtype)
+    return px + bias(params["b"], px)
+
+  def project_h(params, h):
+    return matmul(h, params["W_h"], dtype)
+
+  return project_x, project_h
+
+
 def step_from_parts(parts: LoopParts):
   """The step that `parts` describe: the one definition both scan paths run."""
   def step(params, state, x_t):
@@ -73,6 +86,28 @@ def glorot_blocks(key, fan_in: int, hidden_size: int, num_blocks: int, dtype=jnp
   keys = jax.random.split(key, num_blocks)
   return jnp.concatenate(
       [glorot(k, (fan_in, hidden_size), dtype) for k in keys], axis=-1)
+
+
+def check_dtype(dtype):
+  """None (products in the params' precision) or a float dtype for the matmul operands."""
+  if dtype is None:
+    return None
+  try:
+    dt = jnp.dtype(dtype)
+  except TypeError:
+    dt = None
+  if dt is None or not jnp.issubdtype(dt, jnp.floating):
+    raise ValueError(f"dtype must be None or a float dtype such as jnp.bfloat16, got {dtype!r}")
+  return dt
+
+
+def matmul(x, W, dtype=None):
+  """x @ W. With a compute `dtype` (e.g. bfloat16) both operands are cast to it and the product
+  accumulates and returns in float32 (at least): mixed precision with float32 params and state."""
+  if dtype is None:
+    return x @ W
+  return jnp.matmul(x.astype(dtype), W.astype(dtype),
+                    preferred_element_type=state_dtype(W.dtype))
 
 
 def bias(b, like):

@@ -13,16 +13,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import (Cell, LoopParts, bias, check_size, glorot_blocks, orthogonal_blocks,
-                               state_dtype, step_from_parts)
+from seqjax.cells.base import (Cell, LoopParts, bias, check_dtype, check_size, glorot_blocks,
+                               matmul, orthogonal_blocks, state_dtype, step_from_parts)
 
 
 class GRUState(NamedTuple):
   h: jax.Array  # [*batch, H]
 
 
-def gru(hidden_size: int) -> Cell:
+def gru(hidden_size: int, dtype=None) -> Cell:
+  """dtype: matmul operand precision (e.g. jnp.bfloat16); params and state stay float32."""
   H = check_size("hidden_size", hidden_size)
+  dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
     F = check_size("input_size", input_size)
@@ -36,11 +38,11 @@ def gru(hidden_size: int) -> Cell:
     return GRUState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype)))
 
   def project_x(params, x):
-    gx = x @ params["W_x"]
+    gx = matmul(x, params["W_x"], dtype)
     return gx + bias(params["b_x"], gx)
 
   def project_h(params, h):
-    gh = h @ params["W_h"]
+    gh = matmul(h, params["W_h"], dtype)
     return gh + bias(params["b_h"], gh)
 
   def update(state, gx, gh):

@@ -13,8 +13,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import (Cell, LoopParts, bias, check_size, glorot_blocks, orthogonal_blocks,
-                               state_dtype, step_from_parts)
+from seqjax.cells.base import (Cell, LoopParts, check_dtype, check_size, glorot_blocks,
+                               orthogonal_blocks, single_matrix_projections, state_dtype,
+                               step_from_parts)
 
 FORGET_BIAS = 1.0
 
@@ -24,8 +25,10 @@ class LSTMState(NamedTuple):
   c: jax.Array  # [*batch, H]
 
 
-def lstm(hidden_size: int) -> Cell:
+def lstm(hidden_size: int, dtype=None) -> Cell:
+  """dtype: matmul operand precision (e.g. jnp.bfloat16); params and state stay float32."""
   H = check_size("hidden_size", hidden_size)
+  dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
     F = check_size("input_size", input_size)
@@ -39,12 +42,7 @@ def lstm(hidden_size: int) -> Cell:
     zeros = jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype))
     return LSTMState(h=zeros, c=zeros)
 
-  def project_x(params, x):
-    px = x @ params["W_x"]
-    return px + bias(params["b"], px)
-
-  def project_h(params, h):
-    return h @ params["W_h"]
+  project_x, project_h = single_matrix_projections(dtype)
 
   def update(state, px, ph):
     i, f, g, o = jnp.split(px + ph, 4, axis=-1)

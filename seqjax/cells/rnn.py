@@ -8,16 +8,18 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import (Cell, LoopParts, bias, check_size, glorot, orthogonal, state_dtype,
-                               step_from_parts)
+from seqjax.cells.base import (Cell, LoopParts, check_dtype, check_size, glorot, orthogonal,
+                               single_matrix_projections, state_dtype, step_from_parts)
 
 
 class RNNState(NamedTuple):
   h: jax.Array  # [*batch, H]
 
 
-def rnn(hidden_size: int) -> Cell:
+def rnn(hidden_size: int, dtype=None) -> Cell:
+  """dtype: matmul operand precision (e.g. jnp.bfloat16); params and state stay float32."""
   H = check_size("hidden_size", hidden_size)
+  dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
     F = check_size("input_size", input_size)
@@ -29,12 +31,7 @@ def rnn(hidden_size: int) -> Cell:
   def initial_state(params, batch_shape=()):
     return RNNState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_h"].dtype)))
 
-  def project_x(params, x):
-    px = x @ params["W_x"]
-    return px + bias(params["b"], px)
-
-  def project_h(params, h):
-    return h @ params["W_h"]
+  project_x, project_h = single_matrix_projections(dtype)
 
   def update(state, px, ph):
     h = jnp.tanh(px + ph).astype(state.h.dtype)

@@ -26,7 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import Cell, LoopParts, bias, check_size, glorot, state_dtype, step_from_parts
+from seqjax.cells.base import (Cell, LoopParts, bias, check_dtype, check_size, glorot, matmul,
+                               state_dtype, step_from_parts)
 
 
 class RWAState(NamedTuple):
@@ -36,8 +37,10 @@ class RWAState(NamedTuple):
   m: jax.Array  # [*batch, H]  running max of a
 
 
-def rwa(hidden_size: int) -> Cell:
+def rwa(hidden_size: int, dtype=None) -> Cell:
+  """dtype: matmul operand precision (e.g. jnp.bfloat16); params, n, d, m and h stay float32."""
   H = check_size("hidden_size", hidden_size)
+  dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
     F = check_size("input_size", input_size)
@@ -60,20 +63,21 @@ def rwa(hidden_size: int) -> Cell:
                     m=jnp.full(shape, jnp.finfo(dtype).min, dtype))
 
   def project_x(params, x):
-    u, g = x @ params["W_u"], x @ params["W_gx"]
-    return u + bias(params["b_u"], u), g + bias(params["b_g"], g), x @ params["W_ax"]
+    u, g = matmul(x, params["W_u"], dtype), matmul(x, params["W_gx"], dtype)
+    return u + bias(params["b_u"], u), g + bias(params["b_g"], g), matmul(x, params["W_ax"], dtype)
 
   def project_h(params, h):
     # one [H, 2H] product instead of two [H, H] ones (the concatenation is loop-invariant)
-    gh, ah = jnp.split(h @ jnp.concatenate([params["W_gh"], params["W_ah"]], axis=1), 2, axis=-1)
+    W = jnp.concatenate([params["W_gh"], params["W_ah"]], axis=1)
+    gh, ah = jnp.split(matmul(h, W, dtype), 2, axis=-1)
     return gh, ah
 
   def update(state, px, ph):
-    dtype = state.n.dtype
+    acc = state.n.dtype  # the accumulators' precision (float32 at least)
     (u, gx, ax), (gh, ah) = px, ph
     g = gx + gh
-    a = (ax + ah).astype(dtype)
-    z = (u * jnp.tanh(g)).astype(dtype)
+    a = (ax + ah).astype(acc)
+    z = (u * jnp.tanh(g)).astype(acc)
     m = jax.lax.stop_gradient(jnp.maximum(state.m, a))
     rescale = jnp.exp(jax.lax.stop_gradient(state.m) - m)
     w = jnp.exp(a - m)
