@@ -48,6 +48,12 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
 
   Returns:
     (final_state, hs) with hs: [*batch, T, H].
+
+  Cells with `parts` (the built-in ones) are differentiated by a hand-written backward pass
+  (`seqjax._fused`, a `jax.custom_vjp`): reverse mode, vmap and forward-over-reverse (Hessian-
+  vector products) work; plain forward mode (`jax.jvp`, `jax.jacfwd` of scan itself) does not —
+  scan `cell._replace(parts=None)` for that, which computes the same values with `jax.grad`'s
+  rules.
   """
   if not isinstance(cell, Cell):
     raise TypeError(f"scan needs a seqjax Cell, got {type(cell).__name__}")
