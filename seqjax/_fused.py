@@ -47,7 +47,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
   the loop too (wide inputs), or recompute px and accumulate them in the loop (narrow inputs,
   where a [T, B, K] buffer costs more memory traffic than the small products it saves).
   """
-  project_x, project_h, update = parts.project_x, parts.project_h, parts.update
+  project_x, project_h, update, backward = parts
 
   def step(params, state, x_t, active):
     px, ph = project_x(params, x_t), project_h(params, state.h)
@@ -72,21 +72,25 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
     keep = ((lambda state, px, ph: (state, ph, px)) if store_input_projection
             else (lambda state, px, ph: (state, ph)))
     final, (hs_T, residuals) = forward(params, xs_T, state0, active_T, keep)
-    return (final, hs_T), (params, xs_T, active_T, residuals)
+    return (final, hs_T), (params, xs_T, active_T, residuals, state0, final)
 
   def bwd(saved, cotangents):
-    params, xs_T, active_T, residuals = saved
+    params, xs_T, active_T, residuals, state0, final = saved
     d_final, dhs_T = cotangents
     xs_in = _mask_inputs(active_T, xs_T)
+    if backward is not None:
+      d_final = backward.enter(final, d_final)
 
     def body(carry, inp):
       d_state, d_params_acc = carry
       (state, ph, *px), x_t, dh, active = inp
       px = px[0] if px else project_x(params, x_t)
-      _, update_vjp = jax.vjp(update, state, px, ph)
       if active is not None:
         dh = _zero_inactive(active, dh)
-      d_prev, dpx, dph = update_vjp((d_state, dh))
+      if backward is None:
+        d_prev, dpx, dph = jax.vjp(update, state, px, ph)[1]((d_state, dh))
+      else:
+        d_prev, dpx, dph = backward.step(state, px, ph, d_state, dh)
       _, h_vjp = jax.vjp(lambda h: project_h(params, h), state.h)
       d_prev = d_prev._replace(h=d_prev.h + h_vjp(dph)[0])
       if active is not None:
@@ -115,6 +119,8 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
       d_xs = d_in_T
     if active_T is not None:  # the gradient of the input masking
       d_xs = _zero_inactive(active_T, d_xs)
+    if backward is not None:
+      d_state0 = backward.leave(state0, d_state0)
     return d_params, d_xs, d_state0, None
 
   scan_fn.defvjp(fwd, bwd)

@@ -139,7 +139,8 @@ def test_rwa_first_step_is_exact():
 def test_rwa_attention_logits_in_the_thousands_give_finite_accurate_gradients(scale):
   """|a| ~ 10^3..10^4 (e^a overflows float64): values and gradients finite, and the float32
   gradients of everything but W_a equal float64's. (W_a's own gradient is ~0 in exact arithmetic
-  here; float32 autodiff of n/d leaves eps-sized noise in it: see BUILD_NOTES.md.)"""
+  here; float32 autodiff of the step's n/d leaves eps-sized noise in it, which seqjax.scan's own
+  backward rule avoids: see test_scan.py and BUILD_NOTES.md.)"""
   cell, params, xs = _problem("rwa", jax.random.key(8))
   params = dict(params, W_ax=params["W_ax"] * scale, W_ah=params["W_ah"] * scale)
 

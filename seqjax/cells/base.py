@@ -9,6 +9,19 @@ Params = Any  # a pytree of arrays: a dict for one cell, a tuple of dicts for a 
 State = Any   # a NamedTuple of [*batch_shape, H] arrays, or a tuple of those for a stack
 
 
+class UpdateBackward(NamedTuple):
+  """A cell's own reverse rule for `update`, for when autodiff of it loses precision.
+
+  The backward loop carries the state's cotangent in the cell's own representation:
+  enter(state, d_state) converts the standard cotangent of the last state into it,
+  step(state_prev, px, ph, carried, dh_out) -> (carried_prev, dpx, dph) is one step back
+  (`carried.h` stays the standard cotangent of h), leave(state, carried) converts back.
+  """
+  enter: Callable
+  step: Callable
+  leave: Callable
+
+
 class LoopParts(NamedTuple):
   """A cell's step split as step(params, s, x) = update(s, project_x(params, x),
   project_h(params, s.h)), where only the two projections touch params.
@@ -19,6 +32,7 @@ class LoopParts(NamedTuple):
   project_x: Callable  # (params, x [..., F]) -> pytree of [..., K] (any leading dims)
   project_h: Callable  # (params, h [..., H]) -> pytree of [..., K], affine in h
   update: Callable     # (state, px, ph) -> (new_state, h)
+  backward: Optional[UpdateBackward] = None  # default: jax.vjp of update
 
 
 class Cell(NamedTuple):
