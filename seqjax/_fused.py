@@ -7,8 +7,11 @@ the first; the weight gradients are taken after the loop from all steps at once,
 
   dW_h = Σ_t h_{t-1}ᵀ dpre_t = H_prevᵀ · dPre      ([H, T·B] x [T·B, K], one large matmul)
 
-and likewise dW_x, the biases and dxs from the input projection over all steps. Same numbers as
-autodiff up to the order of float additions (the equality tests cover this path).
+and, for wide inputs, dW_x, the biases and dxs the same way (narrow inputs recompute x·W_x per
+step and accumulate their small gradients in the loop). The step's own derivative is jax.vjp of
+`update`, or the cell's `UpdateBackward` where autodiff of it loses precision (the RWA). Same
+numbers as autodiff up to the order of float additions — tested against jax.grad of the
+per-step loop in float64.
 """
 
 import jax
