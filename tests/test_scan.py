@@ -1,5 +1,7 @@
 """`seqjax.scan` against the literal per-step loop; lengths, unroll, remat, streaming."""
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,11 +24,11 @@ CELLS = {
 WITHOUT_PARTS = {"rwa, no parts": lambda: cells.rwa(H)._replace(parts=None)}
 
 
-def _problem(name, B=3, T=9, key=0):
+def _problem(name, B=3, T=9, key=0, input_size=F):
   cell = {**CELLS, **WITHOUT_PARTS}[name]()
   kp, kr, kx = jax.random.split(jax.random.key(key), 3)
-  params = random_params(cell.init(kp, F), kr)
-  xs = jax.random.normal(kx, (B, T, F))
+  params = random_params(cell.init(kp, input_size), kr)
+  xs = jax.random.normal(kx, (B, T, input_size))
   return cell, params, xs
 
 
@@ -90,12 +92,25 @@ def _literal_with_lengths(cell, params, xs, lengths, state0):
 def test_scan_gradients_equal_autodiff_of_the_literal_loop(name, with_lengths, remat):
   """scan differentiates the time loop by hand (seqjax._fused); in float64 its gradients with
   respect to params, inputs and the initial state equal jax.grad of the per-step loop."""
+  _check_against_the_literal_loop(name, with_lengths, remat, F)
+
+
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "rwa"])
+def test_wide_inputs_keep_their_projection_and_match_the_literal_loop(name):
+  """Inputs wider than seqjax.scan.NARROW_INPUT take the other branch of the backward pass
+  (x·W_x stored, its gradients after the loop)."""
+  assert 40 > importlib.import_module("seqjax.scan").NARROW_INPUT  # (seqjax.scan is the function)
+  _check_against_the_literal_loop(name, True, False, 40)
+
+
+def _check_against_the_literal_loop(name, with_lengths, remat, input_size):
   T = 10
   with jax.enable_x64(True):
-    cell, params, xs = _problem(name, B=3, T=T)
+    cell, params, xs = _problem(name, B=3, T=T, input_size=input_size)
     params, xs = jax.tree.map(lambda v: v.astype(jnp.float64), (params, xs))
     # a reachable, non-trivial initial state: the state after a random prefix
-    state0, _ = seqjax.scan(cell, params, jax.random.normal(jax.random.key(5), (3, 4, F)))
+    state0, _ = seqjax.scan(cell, params,
+                            jax.random.normal(jax.random.key(5), (3, 4, input_size)))
     lengths = [T, 0, 6] if with_lengths else [T] * 3
     w = jax.random.normal(jax.random.key(6), (3, T, H), jnp.float64)
 
