@@ -151,13 +151,6 @@ def torch_fns(name, xs_np):
   return train_step, infer, f"torch {torch.__version__} ({where})"
 
 
-def without_fused_backward(cell):
-  """The same cell, differentiated by jax.grad of the scan instead of seqjax._fused."""
-  if cell.layers:
-    return cells.stack([without_fused_backward(c) for c in cell.layers])
-  return cell._replace(parts=None)
-
-
 def _time(fn):
   t = time.perf_counter()
   fn()
@@ -202,7 +195,7 @@ def main(argv):
                        + (f" {DTYPE.value}" if DTYPE.value != "float32" else ""), cell, u))
   if AUTODIFF_ROW.value:
     label, cell, u = variants[0]
-    variants.append((label + " (jax.grad backward)", without_fused_backward(cell), u))
+    variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u))
   for label, cell, unroll in variants:
     box[label], step, infer = seqjax_fns(cell, xs, unroll=unroll)
 
@@ -213,7 +206,7 @@ def main(argv):
     contenders[label] = (seqjax_train, lambda label=label, infer=infer: jax.block_until_ready(
         infer(box[label][0], xs)))
   ours_label = next(iter(contenders))
-  cell = cells.get(name, hidden_size=HIDDEN.value)  # the memory table's cell
+  cell = variants[0][1]  # the memory table's cell: the first row's (layers, dtype)
   versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
               "backend": jax.default_backend()}
   if "flax" in ANCHORS.value and name in FLAX_CELLS:

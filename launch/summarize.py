@@ -38,11 +38,12 @@ def main(argv):
     if len(tasks) != 1:
       sys.exit(f"error: --figure needs runs of one task and length; got {sorted(tasks)}")
     (task, seq_len), = tasks
-    metric, _, value = report.threshold(task, seq_len)
-    metric = (METRICS.value or [metric or "loss"])[0]
+    rule_metric, _, value = report.threshold(task, seq_len)
+    metric = (METRICS.value or [rule_metric or "loss"])[0]
     plots.compare_curves({os.path.basename(os.path.normpath(w)): [rows]
                           for w, (_, rows) in zip(workdirs, runs)}, FIGURE.value,
-                         f"{task} (T={seq_len})", metric, threshold=value)
+                         f"{task} (T={seq_len})", metric,
+                         threshold=value if metric == rule_metric else None)
     print(f"figure: {FIGURE.value}")
 
 

@@ -9,9 +9,10 @@ import numpy as np
 from seqjax import _fused
 from seqjax.cells.base import Cell
 
-# Backends on which the backward pass recomputes each step's internals from the carry instead
-# of storing them. CPU, measured: 3x less memory, speed neutral on a quiet machine (+-4%) and
-# 20-30% faster when other work shares the memory bus (BUILD_NOTES.md).
+# Backends on which, for cells without `parts`, the backward pass recomputes each step's
+# internals from the carry instead of storing them. CPU, measured: 3x less memory than storing
+# them, speed neutral on a quiet machine (+-4%) (BUILD_NOTES.md). The built-in cells' hand-
+# written pass keeps state and h·W_h per step instead: ~10% faster, ~2.6x the memory.
 RECOMPUTE_STEP_ON = ("cpu",)
 
 
@@ -52,8 +53,8 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
   Cells with `parts` (the built-in ones) are differentiated by a hand-written backward pass
   (`seqjax._fused`, a `jax.custom_vjp`): reverse mode, vmap and forward-over-reverse (Hessian-
   vector products) work; plain forward mode (`jax.jvp`, `jax.jacfwd` of scan itself) does not —
-  scan `cell._replace(parts=None)` for that, which computes the same values with `jax.grad`'s
-  rules.
+  scan `cells.autodiff_backward(cell)` for that: the same values, JAX's own rules. A cell whose
+  `step` was replaced (`cell._replace(step=...)`) runs that step, with JAX's rules.
   """
   if not isinstance(cell, Cell):
     raise TypeError(f"scan needs a seqjax Cell, got {type(cell).__name__}")
@@ -70,7 +71,7 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
   if lengths is not None:
     lengths = _check_lengths(lengths, batch_shape, T)
 
-  if cell.layers:
+  if cell.layers and getattr(cell.step, "layers", None) is cell.layers:
     # A stack, layer by layer: each layer's output sequence is the next one's input, which
     # equals stepping the whole stack per time step and lets every layer take its own fast path.
     final_states, hs = [], xs
@@ -103,7 +104,7 @@ def scan(cell: Cell, params, xs, lengths=None, initial_state=None, unroll: int =
                              new_state, state)
     return new_state, jnp.where(_expand(active, h), h, jnp.zeros((), h.dtype))
 
-  if cell.parts is not None:
+  if cell.parts is not None and getattr(cell.step, "parts", None) is cell.parts:
     fused = _fused.make_fused_scan(cell.parts, unroll,
                                    store_input_projection=xs.shape[-1] > NARROW_INPUT)
     if lengths is None:

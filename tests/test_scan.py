@@ -126,18 +126,37 @@ def _check_against_the_literal_loop(name, with_lengths, remat, input_size):
     assert_trees_close(got, ref, rtol=1e-11, atol=1e-12)
 
 
-def test_forward_mode_through_the_autodiff_path_matches_the_hand_written_gradient():
-  cell, params, xs = _problem("lstm")
-  loss = lambda c: (lambda p: jnp.sum(jnp.sin(seqjax.scan(c, p, xs)[1])))
-  tangent = random_params(params, jax.random.key(3))
-  _, jvp = jax.jvp(loss(cell._replace(parts=None)), (params,), (tangent,))
-  grad = jax.grad(loss(cell))(params)
-  expected = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grad), jax.tree.leaves(tangent)))
-  np.testing.assert_allclose(jvp, expected, rtol=1e-5)
-  # forward-over-reverse (Hessian-vector products) goes through the hand-written pass too
-  hvp = jax.jvp(jax.grad(loss(cell)), (params,), (tangent,))[1]
-  hvp_ref = jax.jvp(jax.grad(loss(cell._replace(parts=None))), (params,), (tangent,))[1]
-  assert_trees_close(hvp, hvp_ref, rtol=1e-4, atol=1e-5)
+@pytest.mark.parametrize("name", CELLS)
+def test_forward_mode_and_hessian_vector_products(name):
+  """jax.jvp needs cells.autodiff_backward (stacks included); Hessian-vector products go
+  through the hand-written pass (the RWA's own rule too) and equal the literal loop's, float64."""
+  with jax.enable_x64(True):
+    cell, params, xs = _problem(name, T=6)
+    params, xs = jax.tree.map(lambda v: v.astype(jnp.float64), (params, xs))
+    loss = lambda run: (lambda p: jnp.sum(jnp.sin(run(p)[1])))
+    fused = loss(lambda p: seqjax.scan(cell, p, xs))
+    literal = loss(lambda p: loop(cell, p, xs))
+    tangent = random_params(params, jax.random.key(3))
+    _, jvp = jax.jvp(loss(lambda p: seqjax.scan(cells.autodiff_backward(cell), p, xs)),
+                     (params,), (tangent,))
+    grad = jax.grad(fused)(params)
+    expected = sum(jnp.vdot(g, t) for g, t in zip(jax.tree.leaves(grad), jax.tree.leaves(tangent)))
+    np.testing.assert_allclose(jvp, expected, rtol=1e-10)
+    hvp = jax.jvp(jax.grad(fused), (params,), (tangent,))[1]
+    hvp_ref = jax.jvp(jax.grad(literal), (params,), (tangent,))[1]
+    assert_trees_close(hvp, hvp_ref, rtol=1e-9, atol=1e-10)
+
+
+def test_a_replaced_step_is_what_scan_runs():
+  """scan's fast paths belong to a cell's own step: replace the step and scan runs yours."""
+  for name in ("lstm", "lstm+rwa"):
+    cell, params, xs = _problem(name)
+    doubled = cell._replace(step=lambda p, s, x, step=cell.step: (lambda s, h: (s, 2 * h))(
+        *step(p, s, x)))
+    np.testing.assert_allclose(seqjax.scan(doubled, params, xs)[1], loop(doubled, params, xs)[1],
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(seqjax.scan(doubled, params, xs)[1],
+                               2 * seqjax.scan(cell, params, xs)[1], rtol=1e-6, atol=1e-6)
 
 
 def test_single_step_sequences_with_remat():

@@ -1,6 +1,6 @@
 """Recurrent cells as pure functions: `cells.rwa(H)`, `cells.get("rwa", hidden_size=H)`."""
 
-from seqjax.cells.base import Cell
+from seqjax.cells.base import Cell, autodiff_backward
 from seqjax.cells.gru import GRUState, gru
 from seqjax.cells.lstm import LSTMState, lstm
 from seqjax.cells.rnn import RNNState, rnn
@@ -22,5 +22,5 @@ def get(name: str, hidden_size: int, num_layers: int = 1, dtype=None) -> Cell:
   return cell if num_layers == 1 else stack([cell] * num_layers)
 
 
-__all__ = ["Cell", "get", "stack", "rnn", "lstm", "gru", "rwa", "NAMES",
+__all__ = ["Cell", "autodiff_backward", "get", "stack", "rnn", "lstm", "gru", "rwa", "NAMES",
            "RNNState", "LSTMState", "GRUState", "RWAState"]

@@ -66,10 +66,20 @@ def single_matrix_projections(dtype=None):
   return project_x, project_h
 
 
+def autodiff_backward(cell: "Cell") -> "Cell":
+  """The same cell without its hand-written backward pass: `seqjax.scan` then differentiates it
+  with JAX's own rules, which also gives forward mode (`jax.jvp`, `jax.jacfwd`)."""
+  if cell.layers:
+    from seqjax.cells.stack import stack
+    return stack([autodiff_backward(c) for c in cell.layers])
+  return cell._replace(parts=None)
+
+
 def step_from_parts(parts: LoopParts):
   """The step that `parts` describe: the one definition both scan paths run."""
   def step(params, state, x_t):
     return parts.update(state, parts.project_x(params, x_t), parts.project_h(params, state.h))
+  step.parts = parts  # seqjax.scan takes the parts' fast path only while step is this one
   return step
 
 

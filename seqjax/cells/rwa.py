@@ -117,8 +117,9 @@ def _step_back(state, px, ph, carried, dh_out):
   tg = jnp.tanh(gx + gh)
   a = (ax + ah).astype(acc)
   z = (u * tg).astype(acc)
-  m = jnp.maximum(state.m, a)
-  r, w = jnp.exp(state.m - m), jnp.exp(a - m)
+  m = jax.lax.stop_gradient(jnp.maximum(state.m, a))  # as in update: m carries no gradient,
+  r = jnp.exp(jax.lax.stop_gradient(state.m) - m)     # also when this rule is differentiated
+  w = jnp.exp(a - m)                                  # (Hessian-vector products)
   d = state.d * r + w
   h = jnp.tanh((state.n * r + z * w) / d)
   alpha, beta = w / d, state.d * r / d

@@ -29,5 +29,6 @@ def stack(layers: Sequence[Cell]) -> Cell:
       new_state.append(s)
     return tuple(new_state), h
 
+  step.layers = layers  # seqjax.scan runs layer by layer only while step is this one
   name = "+".join(c.name for c in layers)
   return Cell(init, initial_state, step, name, layers[-1].hidden_size, layers=layers)
