@@ -11,8 +11,12 @@ from seqjax.scan import default_unroll, scan
 
 _readout_init = jax.nn.initializers.lecun_normal()
 
+READOUTS = ("linear",)  # models.init's `readout` choices
 
-def init(cell: Cell, key, input_size: int, output_size: int):
+
+def init(cell: Cell, key, input_size: int, output_size: int, readout: str = "linear"):
+  if readout not in READOUTS:
+    raise ValueError(f"unknown readout {readout!r}; allowed: {', '.join(READOUTS)}")
   kc, kr = jax.random.split(key)
   return {"cell": cell.init(kc, input_size),
           "readout": {"W": _readout_init(kr, (cell.hidden_size, output_size), jnp.float32),
