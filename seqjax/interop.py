@@ -4,10 +4,20 @@
   rnn = nnx.RNN(NnxCell(cells.rwa(64), input_size=2, rngs=nnx.Rngs(0)))   # flax.nnx
 
 Both hold exactly the param pytree `cell.init` returns (a dict; a tuple of dicts for a stack),
-initialised by `cell.init` itself, and their carry is exactly the seqjax state, so an adapter over
-T steps computes what `seqjax.scan(cell, params, xs)` computes: the same outputs and, with
+initialised by `cell.init` itself, and their carry is a seqjax state, so an adapter over T steps
+computes what `seqjax.scan(cell, params, xs)` computes: the same outputs and, with
 `return_carry=True`, the same final state. `initial_carry` takes a seqjax state (e.g. a previous
-call's final carry, to stream a long sequence in pieces).
+call's final carry, to stream a long sequence in pieces, or `cell.initial_state(params, batch)`).
+
+`initialize_carry` needs no params, as a Flax cell's: the carry it makes is the cell's start
+state, except that the RWA's h_0 = tanh(s0) is left to the first step, which reads s0 from the
+params it runs with. So such a carry stays valid after the params change, and s0 gets its
+gradient through it. It marks this with m = -inf (the RWA's "no step yet" is m = the most negative
+finite number; -inf additionally says "h_0 not given"); the adapters turn it into the RWA's own
+start state before the first step, so the cell never sees -inf: pass such a carry to an adapter,
+not to `cell.step`. `carry_init(key, shape, dtype)`, as in Flax, fills each layer's h_0 (and the
+LSTM's c_0; keys drawn for c, then h, as Flax's LSTM cells draw them); the RWA then starts from that
+h_0 instead of tanh(s0). Everything else in the carry (the RWA's n, d, m) keeps its start value.
 
 Flax's `seq_lengths` keeps its own meaning: the returned carry is the state after each
 sequence's last valid step, but the outputs past a sequence's length are not zeroed (seqjax.scan
@@ -17,15 +27,105 @@ zeroes them), and a length of 0 gives the state after all T steps (flax selects 
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 from flax import nnx
+from flax.typing import Initializer
 
+from seqjax.cells import RWAState
 from seqjax.cells.base import Cell
+
+# The carry leaves `carry_init` fills, in the order Flax's cells draw their keys (c, then h).
+_CARRY_INIT_FIELDS = ("c", "h")
 
 
 def _check_cell(cell):
   if not isinstance(cell, Cell):
     raise TypeError(f"expected a seqjax Cell (e.g. cells.rwa(64)), got {type(cell).__name__}")
+
+
+def _map_layers(fn, cell, params, *states):
+  """fn(layer, params, *states) -> state for each single cell of a (possibly stacked) cell."""
+  if cell.layers:
+    return tuple(_map_layers(fn, c, p, *s) for c, p, *s in zip(cell.layers, params, *states))
+  return fn(cell, params, *states)
+
+
+def _reads_s0(params, state):
+  """Whether this layer is an RWA, whose start h_0 = tanh(s0) comes from its params."""
+  return isinstance(state, RWAState) and isinstance(params, dict) and "s0" in params
+
+
+def _start_carry(cell, input_shape, carry_init, draw_keys):
+  """The param-free start carry for inputs of shape [*batch, F] (see the module docstring).
+
+  draw_keys(n) -> n keys for carry_init (called only when carry_init is given).
+  """
+  input_shape = tuple(input_shape)
+  if not input_shape:
+    raise ValueError("input_shape must be (*batch, F) with F the input size, got ()")
+  batch, F = input_shape[:-1], input_shape[-1]
+
+  def refuse_param_reads(layer, zeros, state, state_ones):
+    # A start state that changes with the params' values cannot be made without them. The RWA's
+    # h is the one such leaf the adapters know how to defer to the first step.
+    strip = (lambda s: s._replace(h=None)) if _reads_s0(zeros, state) else (lambda s: s)
+    if any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(strip(state)),
+                                                    jax.tree.leaves(strip(state_ones)))):
+      raise ValueError(
+          f"cell {layer.name!r}: its initial_state reads its params' values, so the adapter "
+          "cannot build its carry without them; pass initial_carry=cell.initial_state(params, "
+          "batch_shape)")
+    return state
+
+  def defer_h0(layer, zeros, state):
+    return state._replace(m=jnp.full_like(state.m, -jnp.inf)) if _reads_s0(zeros, state) else state
+
+  shapes = jax.eval_shape(lambda key: cell.init(key, F), jax.random.key(0))
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+  # Checked on concrete values (also under jit), with one unbatched state: it is cheap.
+  with jax.ensure_compile_time_eval():
+    zeros_now, ones = (jax.tree.map(lambda a: fill(a.shape, a.dtype), shapes)
+                       for fill in (jnp.zeros, jnp.ones))
+    _map_layers(refuse_param_reads, cell, zeros_now, cell.initial_state(zeros_now, ()),
+                cell.initial_state(ones, ()))
+  carry = _map_layers(defer_h0, cell, zeros, cell.initial_state(zeros, batch))
+  if carry_init is None:
+    return carry
+
+  def fields(layer, params, state):
+    names = [f for f in _CARRY_INIT_FIELDS if f in getattr(state, "_fields", ())]
+    if "h" not in names:
+      raise ValueError(f"carry_init fills a state's h (and c); the state of cell {layer.name!r} "
+                       f"is {type(state).__name__}, which has no field h")
+    return names
+
+  layer_fields = []
+  _map_layers(lambda *a: layer_fields.append(fields(*a)), cell, zeros, carry)
+  keys = iter(draw_keys(sum(map(len, layer_fields))))
+  layer_fields = iter(layer_fields)
+
+  def fill(layer, params, state):
+    new = {f: carry_init(next(keys), getattr(state, f).shape, getattr(state, f).dtype)
+           for f in next(layer_fields)}
+    if _reads_s0(params, state):  # h_0 is given: the RWA's own "no step yet" m, not the marker
+      new["m"] = jnp.full_like(state.m, jnp.finfo(state.m.dtype).min)
+    return state._replace(**new)
+
+  return _map_layers(fill, cell, zeros, carry)
+
+
+def _start_deferred(cell, params, carry):
+  """The carry with every deferred RWA start (m = -inf) replaced by the RWA's own start state,
+  h_0 = tanh(s0) from these params."""
+  def start(layer, params, state):
+    if not _reads_s0(params, state):
+      return state
+    deferred = jnp.isneginf(state.m)
+    h0 = jnp.broadcast_to(jnp.tanh(params["s0"]).astype(state.h.dtype), state.h.shape)
+    return state._replace(h=jnp.where(deferred, h0, state.h),
+                          m=jnp.where(deferred, jnp.finfo(state.m.dtype).min, state.m))
+  return _map_layers(start, cell, params, carry)
 
 
 class LinenCell(nn.RNNCellBase):
@@ -36,12 +136,15 @@ class LinenCell(nn.RNNCellBase):
   "cell", so `variables["params"]["cell"]["cell"]` is the seqjax param dict (tuple for a stack):
   read it out or drop one in unchanged.
 
-  Carry: the seqjax state, NamedTuple of [*batch, H] arrays (a tuple of them for a stack).
+  Carry: a seqjax state, NamedTuple of [*batch, H] arrays (a tuple of them for a stack).
 
   Attributes:
     cell: the seqjax `Cell` (a stack included).
+    carry_init: optional, as in Flax's cells: an initializer `(key, shape, dtype) -> array` for
+      each layer's h_0 (and c_0); None (default): the cell's own start state.
   """
   cell: Cell
+  carry_init: Initializer | None = None
 
   def __post_init__(self):
     _check_cell(self.cell)
@@ -49,31 +152,19 @@ class LinenCell(nn.RNNCellBase):
 
   @nn.compact
   def __call__(self, carry, x):
-    """One step. carry: the seqjax state; x: [*batch, F] -> (state, h [*batch, H])."""
+    """One step. carry: a seqjax state; x: [*batch, F] -> (state, h [*batch, H])."""
     params = self.param("cell", lambda key: self.cell.init(key, x.shape[-1]))
-    return self.cell.step(params, carry, x)
+    return self.cell.step(params, _start_deferred(self.cell, params, carry), x)
 
+  @nn.nowrap
   def initialize_carry(self, rng, input_shape):
-    """`cell.initial_state(params, batch)` for inputs of shape [*batch, F] (`rng` is unused).
+    """The start carry for inputs of shape [*batch, F]; needs no params (nor a bound module).
 
-    Some initial states depend on the params (RWA's h_0 = tanh(s0)), so this reads them, which
-    needs a bound module: nn.RNN calls it on its bound cell. During init flax asks for the carry
-    before the first step has run, so the params are created here in that case (by `cell.init`,
-    as `__call__` would); the scanned steps then find them already in place. On its own the
-    module can make its params the same way: `LinenCell(cell).init(key, None, (*batch, F),
-    method="initialize_carry")`.
+    `rng` is used only by `carry_init`.
     """
-    del rng
-    if self.scope is None:
-      raise ValueError(
-          "LinenCell.initialize_carry reads the cell's params, so it needs a bound module (as "
-          "inside nn.RNN, or LinenCell(cell).bind(variables)); without one, build the carry "
-          "with cell.initial_state(params, batch_shape)")
-    if not self.has_variable("params", "cell"):
-      self.put_variable("params", "cell",
-                        self.cell.init(self.make_rng("params"), input_shape[-1]))
-    params = self.get_variable("params", "cell")
-    return self.cell.initial_state(params, tuple(input_shape[:-1]))
+    def draw_keys(n):
+      return [rng] if n == 1 else list(jax.random.split(rng, n))
+    return _start_carry(self.cell, input_shape, self.carry_init, draw_keys)
 
   @property
   def num_feature_axes(self) -> int:
@@ -88,7 +179,7 @@ class NnxCell(nnx.RNNCellBase):
   optimizers, `nnx.grad` and `nnx.jit` treat it like any module's weights. `get_params()` returns
   the plain pytree and `set_params(p)` writes one in.
 
-  Carry: the seqjax state, exactly `cell.initial_state(params, batch)` at the start.
+  Carry: a seqjax state (a tuple of them for a stack).
 
   Args:
     cell: the seqjax `Cell` (a stack included).
@@ -121,13 +212,27 @@ class NnxCell(nnx.RNNCellBase):
       var.set_value(value)
 
   def __call__(self, carry, x):
-    """One step. carry: the seqjax state; x: [*batch, F] -> (state, h [*batch, H])."""
-    return self.cell.step(self.get_params(), carry, x)
+    """One step. carry: a seqjax state; x: [*batch, F] -> (state, h [*batch, H])."""
+    params = self.get_params()
+    return self.cell.step(params, _start_deferred(self.cell, params, carry), x)
 
-  def initialize_carry(self, input_shape, rngs=None):
-    """`cell.initial_state(params, batch)` for inputs of shape [*batch, F] (`rngs` is unused)."""
-    del rngs
-    return self.cell.initial_state(self.get_params(), tuple(input_shape[:-1]))
+  def initialize_carry(self, input_shape, rngs=None, carry_init=None):
+    """The start carry for inputs of shape [*batch, F]; reads no params.
+
+    Args:
+      input_shape: [*batch, F].
+      rngs: an `nnx.Rngs` (its `carry` stream is used) or `nnx.RngStream`; needed only with
+        carry_init.
+      carry_init: optional initializer `(key, shape, dtype) -> array` for each layer's h_0 (and
+        c_0); None (default): the cell's own start state.
+    """
+    def draw_keys(n):
+      stream = rngs.carry if isinstance(rngs, nnx.Rngs) else rngs
+      if stream is None:
+        raise ValueError("initialize_carry with carry_init needs rngs (an nnx.Rngs or RngStream) "
+                         "for the initializer's keys")
+      return [stream() for _ in range(n)]
+    return _start_carry(self.cell, input_shape, carry_init, draw_keys)
 
   @property
   def num_feature_axes(self) -> int:

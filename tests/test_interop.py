@@ -137,19 +137,125 @@ def test_linen_streaming_with_initial_carry():
   assert_trees_close(carry, final_state, **TOL)
 
 
-def test_linen_cell_on_its_own():
-  cell, xs = cells.rwa(4), inputs()
+def test_linen_cell_on_its_own_like_flax_cells(cell):
+  """What flax's own cells allow: a carry from the unbound cell, then init and apply with it."""
+  key, x0 = jax.random.key(0), inputs()[:, 0]
+  flax_cell = nn.LSTMCell(4)
+  flax_carry = flax_cell.initialize_carry(key, (B, F))
+  flax_cell.apply(flax_cell.init(key, flax_carry, x0), flax_carry, x0)
+
   module = LinenCell(cell)
-  with pytest.raises(ValueError, match="bound module"):
-    module.initialize_carry(jax.random.key(0), (B, F))
-  variables = module.init(jax.random.key(0), None, (B, F), method="initialize_carry")
-  P = variables["params"]["cell"]
-  carry = module.apply(variables, None, (B, F), method="initialize_carry")
-  assert_trees_close(carry, cell.initial_state(P, (B,)), rtol=0, atol=0)
-  assert_trees_close(module.apply(variables, carry, xs[:, 0]),
-                     cell.step(P, carry, xs[:, 0]), **TOL)
+  carry = module.initialize_carry(key, (B, F))
+  variables = module.init(key, carry, x0)
+  sizes = [c.hidden_size for c in (cell.layers or (cell,))]
+  assert sorted({leaf.shape for leaf in jax.tree.leaves(carry)}) == \
+      sorted({(B, h) for h in sizes})
+  assert all(leaf.shape == (B, 4) for leaf in flax_carry)
+  # The same carry from the bound module (as nn.RNN makes it) and from the RNN's own cell.
+  assert_trees_close(module.bind(variables).initialize_carry(key, (B, F)), carry, rtol=0, atol=0)
+  assert_trees_close(nn.RNN(module).cell.initialize_carry(key, (B, F)), carry, rtol=0, atol=0)
+  P = perturbed(cell)
+  assert_trees_close(module.apply({"params": {"cell": P}}, carry, x0),
+                     cell.step(P, cell.initial_state(P, (B,)), x0), **TOL)
   with pytest.raises(TypeError, match="seqjax Cell"):
     LinenCell(nn.LSTMCell(4))
+
+
+def test_carry_init_like_flax():
+  key, normal = jax.random.key(5), nn.initializers.normal(1.0)
+  # The LSTM's (c, h) and the GRU's h are exactly what flax's LSTM and GRU cells make.
+  c, h = nn.LSTMCell(4, carry_init=normal).initialize_carry(key, (B, F))
+  state = LinenCell(cells.lstm(4), carry_init=normal).initialize_carry(key, (B, F))
+  assert_trees_close((state.c, state.h), (c, h), rtol=0, atol=0)
+  h = nn.GRUCell(4, carry_init=normal).initialize_carry(key, (B, F))
+  assert_trees_close(LinenCell(cells.gru(4), carry_init=normal).initialize_carry(key, (B, F)).h,
+                     h, rtol=0, atol=0)
+
+  flax_cell = nnx.LSTMCell(F, 4, rngs=nnx.Rngs(0))
+  c, h = flax_cell.initialize_carry((B, F), nnx.Rngs(carry=7), carry_init=nnx.initializers.normal())
+  state = NnxCell(cells.lstm(4), F).initialize_carry((B, F), nnx.Rngs(carry=7),
+                                                     carry_init=nnx.initializers.normal())
+  assert_trees_close((state.c, state.h), (c, h), rtol=0, atol=0)
+  with pytest.raises(ValueError, match="RNGs"):
+    flax_cell.initialize_carry((B, F), carry_init=nnx.initializers.ones)
+  with pytest.raises(ValueError, match="rngs"):
+    NnxCell(cells.lstm(4), F).initialize_carry((B, F), carry_init=nnx.initializers.ones)
+
+  # A stack: every layer's h_0 (and the LSTM's c_0) is the initializer's; the RWA then starts
+  # from that h_0, not from tanh(s0).
+  cell, xs = cells.stack([cells.lstm(5), cells.rwa(4)]), inputs()
+  module = NnxCell(cell, F)
+  module.set_params(P := perturbed(cell))
+  carry = module.initialize_carry((B, F), nnx.Rngs(0), carry_init=nnx.initializers.ones)
+  lstm_state, rwa_state = cell.initial_state(P, (B,))
+  start = (lstm_state._replace(h=jnp.ones((B, 5)), c=jnp.ones((B, 5))),
+           rwa_state._replace(h=jnp.ones((B, 4))))
+  assert_trees_close(carry, start, rtol=0, atol=0)
+  want = seqjax.scan(cell, P, xs, initial_state=start)
+  assert_trees_close(nnx.RNN(module, return_carry=True)(xs, initial_carry=carry), want, **TOL)
+
+
+def test_carry_of_a_cell_whose_start_reads_its_params_is_refused():
+  base = cells.rnn(4)
+  cell = base._replace(name="mine", initial_state=lambda p, batch_shape=(): cells.RNNState(
+      jnp.broadcast_to(jnp.tanh(p["b"]), (*batch_shape, 4))))
+  for make in (lambda: LinenCell(cell).initialize_carry(jax.random.key(0), (B, F)),
+               lambda: NnxCell(cell, F).initialize_carry((B, F))):
+    with pytest.raises(ValueError, match="'mine'.*initial_carry=cell.initial_state"):
+      make()
+
+
+RWA_CELLS = {"rwa": lambda: cells.rwa(4),
+             "lstm+rwa": lambda: cells.stack([cells.lstm(5), cells.rwa(4)])}
+
+
+@pytest.mark.parametrize("name", list(RWA_CELLS))
+def test_rwa_external_carry_gives_s0_its_gradient_and_never_goes_stale(name):
+  """The carry a user makes with initialize_carry and passes as initial_carry: the gradients
+  (s0's included) are those of seqjax.scan from the cell's own start, and after the params change
+  the same carry gives what the new params give from their own start."""
+  cell, xs = RWA_CELLS[name](), inputs()
+  P1, P2 = perturbed(cell, seed=2), perturbed(cell, seed=7)
+
+  def scan_loss(P):
+    final_state, hs = seqjax.scan(cell, P, xs)
+    return loss(final_state, hs), (final_state, hs)
+
+  (_, scan_out1), want1 = jax.jit(jax.value_and_grad(scan_loss, has_aux=True))(P1)
+  _, scan_out2 = jax.jit(scan_loss)(P2)
+  s0 = lambda P: P["s0"] if name == "rwa" else P[1]["s0"]  # noqa: E731
+  assert float(jnp.abs(s0(want1)).max()) > 1e-2  # s0 matters here, so a lost gradient shows
+
+  # flax.nnx
+  module = NnxCell(cell, F)
+  module.set_params(P1)
+  carry = module.initialize_carry((B, F))
+  rnn = nnx.RNN(module, return_carry=True)
+
+  def nnx_loss(rnn):
+    out = rnn(xs, initial_carry=carry)
+    return loss(*out), out
+
+  (_, out1), grads = nnx.jit(nnx.value_and_grad(nnx_loss, has_aux=True))(rnn)
+  assert_trees_close(out1, scan_out1, **TOL)
+  got = by_path(grads["cell"]["params"])
+  for path, leaf in by_path(want1).items():
+    np.testing.assert_allclose(got[path], leaf, **TOL, err_msg=str(path))
+  module.set_params(P2)
+  assert_trees_close(rnn(xs, initial_carry=carry), scan_out2, **TOL)
+
+  # flax.linen
+  rnn = nn.RNN(LinenCell(cell), return_carry=True)
+  carry = rnn.cell.initialize_carry(jax.random.key(0), (B, F))
+
+  def linen_loss(P):
+    out = rnn.apply({"params": {"cell": {"cell": P}}}, xs, initial_carry=carry)
+    return loss(*out), out
+
+  (_, out1), grads = jax.jit(jax.value_and_grad(linen_loss, has_aux=True))(P1)
+  assert_trees_close(out1, scan_out1, **TOL)
+  assert_trees_close(grads, want1, **TOL)
+  assert_trees_close(jax.jit(linen_loss)(P2)[1], scan_out2, **TOL)
 
 
 # flax.nnx
