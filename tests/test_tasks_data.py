@@ -6,26 +6,12 @@ import numpy as np
 import pytest
 
 from seqjax import tasks
-from seqjax.tasks import digits, trajectory
+from seqjax.tasks import digits
 
 
 def _sample(task, n=128, seed=0):
   batch = jax.jit(task.sample, static_argnums=1)(jax.random.key(seed), n)
   return jax.tree.map(lambda v: None if v is None else np.asarray(v), batch)
-
-
-def test_trajectory_is_the_closed_form_parabola():
-  batch = _sample(tasks.get("trajectory", seq_len=30), 64)
-  y = np.concatenate([batch.xs[:, :, 0], batch.ys[:, -1:]], axis=1).astype(np.float64)
-  t = np.arange(31) * trajectory.DT
-  h0 = y[:, 0] * trajectory.SCALE
-  v0 = (y[:, 1] * trajectory.SCALE - h0 + 0.5 * trajectory.G * trajectory.DT ** 2) / trajectory.DT
-  expected = (h0[:, None] + v0[:, None] * t - 0.5 * trajectory.G * t ** 2) / trajectory.SCALE
-  np.testing.assert_allclose(y, expected, atol=1e-5)
-  np.testing.assert_array_equal(batch.ys[:, :-1], batch.xs[:, 1:, 0])   # teacher-forcing shift
-  assert (y > 0).all()
-  assert (trajectory.H0_MIN <= h0).all() and (h0 <= trajectory.H0_MAX).all()
-  assert (v0 > trajectory.V0_MIN - 1e-2).all() and (v0 < trajectory.V0_MAX + 1e-2).all()
 
 
 @pytest.mark.parametrize("permute", [False, True])
@@ -59,8 +45,6 @@ def test_samplers_are_deterministic_in_the_key(name):
 
 
 @pytest.mark.parametrize("name,kwargs,message", [
-    ("trajectory", dict(seq_len=51), "seq_len must be <= 50"),
-    ("trajectory", dict(seq_len=3), "seq_len must be an int >= 4"),
     ("nonsense", {}, "unknown task 'nonsense'; allowed: binary_addition"),
 ])
 def test_bad_task_arguments_are_named(name, kwargs, message):
