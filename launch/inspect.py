@@ -19,7 +19,7 @@ from absl import app, flags
 
 import seqjax
 from seqjax import checkpoint, experiment, models, plots, train
-from seqjax.tasks import copy as copy_task
+from seqjax.tasks import variable_copy as copy_task
 
 WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's folder.", required=True)
 NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 4, "Sequences to draw.")

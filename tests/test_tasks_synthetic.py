@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from seqjax.tasks import adding, binary_addition, reber, seq_length
-from seqjax.tasks import copy as copy_task
+from seqjax.tasks import variable_copy as copy_task
 
 MODULES = {"binary_addition": binary_addition, "adding": adding, "seq_length": seq_length,
            "copy": copy_task, "reber": reber}
