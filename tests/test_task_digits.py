@@ -1,5 +1,4 @@
-"""Trajectory, digits and mnist against independent rules written here (closed forms, the
-shipped data, hand-written IDX files); the synthetic tasks are in test_tasks_synthetic.py."""
+"""The digits task against scikit-learn's shipped data split here."""
 
 import jax
 import numpy as np
@@ -7,11 +6,7 @@ import pytest
 
 from seqjax import tasks
 from seqjax.tasks import digits
-
-
-def _sample(task, n=128, seed=0):
-  batch = jax.jit(task.sample, static_argnums=1)(jax.random.key(seed), n)
-  return jax.tree.map(lambda v: None if v is None else np.asarray(v), batch)
+from task_helpers import sample
 
 
 @pytest.mark.parametrize("permute", [False, True])
@@ -29,24 +24,8 @@ def test_digits_samples_come_from_the_train_split_and_held_out_is_the_test_split
   held = task.held_out(jax.random.key(0), None)
   np.testing.assert_allclose(held.xs[..., 0], images[test_idx][:, perm], rtol=1e-6)
   np.testing.assert_array_equal(held.ys, data.target[test_idx])
-  batch = _sample(task, 64)
+  batch = sample(task, 64)
   train_images = images[train_idx][:, perm]
   for x, y in zip(batch.xs[..., 0], batch.ys):
     match = np.nonzero(np.abs(train_images - x).max(axis=1) < 1e-6)[0]
     assert len(match) and y in data.target[train_idx][match]
-
-
-@pytest.mark.parametrize("name", ["trajectory", "decay", "digits"])
-def test_samplers_are_deterministic_in_the_key(name):
-  task = tasks.get(name)
-  a, b, c = _sample(task, 4, 0), _sample(task, 4, 0), _sample(task, 4, 1)
-  np.testing.assert_array_equal(a.xs, b.xs)
-  assert not np.array_equal(a.xs, c.xs)
-
-
-@pytest.mark.parametrize("name,kwargs,message", [
-    ("nonsense", {}, "unknown task 'nonsense'; allowed: binary_addition"),
-])
-def test_bad_task_arguments_are_named(name, kwargs, message):
-  with pytest.raises(ValueError, match=message):
-    tasks.get(name, **kwargs)
