@@ -82,8 +82,9 @@ def hidden_states(runs, marks, path: str, title: str) -> None:
   import numpy as np
   plt = _pyplot()
   n = len(marks)
-  fig, axes = plt.subplots(2 * n, len(runs), figsize=(5.5 * len(runs) + 1, 2.6 * n + 0.8),
-                           squeeze=False, gridspec_kw=dict(height_ratios=[3, 1] * n))
+  fig, axes = plt.subplots(2 * n, len(runs), figsize=(5.5 * len(runs) + 1, 2.8 * n + 0.8),
+                           squeeze=False, gridspec_kw=dict(height_ratios=[3, 1] * n),
+                           sharex="col")
   for col, (name, run) in enumerate(runs):
     hs = np.asarray(run["hs"])[:, :, run["shown"]]
     scale = float(np.abs(hs).max()) or 1.0   # small states still show
@@ -92,6 +93,7 @@ def hidden_states(runs, marks, path: str, title: str) -> None:
       image = ax.imshow(hs[b].T, aspect="auto", cmap="RdBu_r", vmin=-scale, vmax=scale,
                         interpolation="nearest")
       ax.set_yticks(range(len(run["shown"])), [str(u) for u in run["shown"]], fontsize=5)
+      ax.tick_params(labelbottom=False)
       strip_ax.plot(run["strip"][b], color="C3", lw=1)
       strip_ax.set_xlim(-0.5, hs.shape[1] - 0.5)
       for t, label in marks[b]:
@@ -105,7 +107,8 @@ def hidden_states(runs, marks, path: str, title: str) -> None:
       strip_ax.set_ylabel(run["strip_label"], fontsize=6)
       strip_ax.tick_params(labelsize=6)
     axes[-1, col].set_xlabel("time step")
-    fig.colorbar(image, ax=axes[0::2, col].tolist(), fraction=0.03, label="h")
+    # the colorbar takes its room from the whole column, so heatmaps and strips stay aligned
+    fig.colorbar(image, ax=axes[:, col].tolist(), fraction=0.03, label="h")
   fig.suptitle(title)
   _save(fig, plt, path)
 

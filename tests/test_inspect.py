@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import loop, random_params
-from seqjax import cells, experiment, introspect, train
+from seqjax import cells, experiment, introspect, plots, train
 from task_helpers import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -171,7 +171,7 @@ def test_runs_side_by_side_with_an_attention_readout(runs, tmp_path):
   np.testing.assert_allclose(attention["strip"].sum(-1), 1.0, rtol=1e-5)
   marks = [introspect.landmarks("adding", few, b) for b in range(2)]
   three = str(tmp_path / "three.png")
-  introspect.plots.hidden_states([("rwa", described[runs["rwa"]]), ("lstm", lstm),
+  plots.hidden_states([("rwa", described[runs["rwa"]]), ("lstm", lstm),
                                   ("lstm + attention", attention)], marks, three, "three runs")
   with open(three, "rb") as f:
     assert f.read(8) == PNG
