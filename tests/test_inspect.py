@@ -172,7 +172,7 @@ def test_runs_side_by_side_with_an_attention_readout(runs, tmp_path):
   marks = [introspect.landmarks("adding", few, b) for b in range(2)]
   three = str(tmp_path / "three.png")
   plots.hidden_states([("rwa", described[runs["rwa"]]), ("lstm", lstm),
-                                  ("lstm + attention", attention)], marks, three, "three runs")
+                      ("lstm + attention", attention)], marks, three, "three runs")
   with open(three, "rb") as f:
     assert f.read(8) == PNG
 
