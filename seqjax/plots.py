@@ -74,23 +74,41 @@ def _save(fig, plt, path):
   write_atomic(path, buf.getvalue())
 
 
-def state_heatmaps(hs_NxTxH, marks, path: str, title: str) -> None:
-  """One panel per sequence: hidden state over time (x) and unit (y); marks[n] is a list of
-  (time step, label) drawn as vertical lines (markers, delimiters, lengths)."""
+def hidden_states(runs, marks, path: str, title: str) -> None:
+  """One column per run, two rows per sequence: a heatmap of the run's shown units over time
+  (runs: [(name, dict(hs=[N, T, H], shown=unit indices, strip=[N, T], strip_label=str))]) and
+  under it the run's strip (attention per step, or movement); marks[n] is a list of
+  (time step, label) drawn as vertical lines on sequence n's panels (markers, delimiters, ends)."""
   import numpy as np
   plt = _pyplot()
-  n = len(hs_NxTxH)
-  scale = float(np.abs(np.asarray(hs_NxTxH)).max()) or 1.0  # small states still show
-  fig, axes = plt.subplots(n, 1, figsize=(10, 1.9 * n + 0.6), squeeze=False)
-  for ax, hs, sequence_marks in zip(axes[:, 0], hs_NxTxH, marks):
-    image = ax.imshow(np.asarray(hs).T, aspect="auto", cmap="RdBu_r", vmin=-scale, vmax=scale,
-                      interpolation="nearest")
-    for t, label in sequence_marks:
-      ax.axvline(t, color="k", lw=1.2, ls="--")
-      ax.text(t, -0.5, f" {label}", va="bottom", fontsize=8)
-    ax.set_ylabel("unit")
-  axes[-1, 0].set_xlabel("time step")
-  fig.colorbar(image, ax=axes[:, 0].tolist(), fraction=0.02, label="h")
+  n = len(marks)
+  fig, axes = plt.subplots(2 * n, len(runs), figsize=(5.5 * len(runs) + 1, 2.8 * n + 0.8),
+                           squeeze=False, gridspec_kw=dict(height_ratios=[3, 1] * n),
+                           sharex="col")
+  for col, (name, run) in enumerate(runs):
+    hs = np.asarray(run["hs"])[:, :, run["shown"]]
+    scale = float(np.abs(hs).max()) or 1.0   # small states still show
+    for b in range(n):
+      ax, strip_ax = axes[2 * b, col], axes[2 * b + 1, col]
+      image = ax.imshow(hs[b].T, aspect="auto", cmap="RdBu_r", vmin=-scale, vmax=scale,
+                        interpolation="nearest")
+      ax.set_yticks(range(len(run["shown"])), [str(u) for u in run["shown"]], fontsize=5)
+      ax.tick_params(labelbottom=False)
+      strip_ax.plot(run["strip"][b], color="C3", lw=1)
+      strip_ax.set_xlim(-0.5, hs.shape[1] - 0.5)
+      for t, label in marks[b]:
+        for a in (ax, strip_ax):
+          a.axvline(t, color="k", lw=1, ls="--")
+        ax.text(t, -0.6, f" {label}", va="bottom", fontsize=7)
+      if b == 0:
+        ax.set_title(name, fontsize=9, pad=14)
+      if col == 0:
+        ax.set_ylabel("unit (top moving)", fontsize=8)
+      strip_ax.set_ylabel(run["strip_label"], fontsize=6)
+      strip_ax.tick_params(labelsize=6)
+    axes[-1, col].set_xlabel("time step")
+    # the colorbar takes its room from the whole column, so heatmaps and strips stay aligned
+    fig.colorbar(image, ax=axes[:, col].tolist(), fraction=0.03, label="h")
   fig.suptitle(title)
   _save(fig, plt, path)
 

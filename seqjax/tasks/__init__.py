@@ -3,14 +3,14 @@
 import inspect
 
 from seqjax.tasks.base import Batch, Task
-from seqjax.tasks import (adding, binary_addition, copy, decay, digits, mnist, reber,
-                          seq_length, trajectory)
+from seqjax.tasks import (adding, binary_addition, decay, digits, mnist, reber, seq_length,
+                          trajectory, variable_copy)
 
 REGISTRY = {
     "binary_addition": binary_addition.make,
     "adding": adding.make,
     "seq_length": seq_length.make,
-    "copy": copy.make,
+    "copy": variable_copy.make,  # module not named copy: that would shadow the stdlib
     "reber": reber.make,
     "trajectory": trajectory.make,
     "decay": decay.make,

@@ -1,0 +1,31 @@
+"""The digits task against scikit-learn's shipped data split here."""
+
+import jax
+import numpy as np
+import pytest
+
+from seqjax import tasks
+from seqjax.tasks import digits
+from task_helpers import sample
+
+
+@pytest.mark.parametrize("permute", [False, True])
+def test_digits_samples_come_from_the_train_split_and_held_out_is_the_test_split(permute):
+  from sklearn.datasets import load_digits
+  data = load_digits()
+  images = data.images.reshape(-1, 64) / 16.0
+  order = np.random.default_rng(digits.SPLIT_SEED).permutation(len(images))
+  n_test = round(0.2 * len(images))
+  train_idx, test_idx = order[:-n_test], order[-n_test:]
+  perm = np.random.default_rng(0).permutation(64) if permute else np.arange(64)
+  assert sorted(perm) == list(range(64))
+  task = tasks.get("digits", permute=permute)
+  assert task.seq_len == 64 and task.held_out_size == n_test
+  held = task.held_out(jax.random.key(0), None)
+  np.testing.assert_allclose(held.xs[..., 0], images[test_idx][:, perm], rtol=1e-6)
+  np.testing.assert_array_equal(held.ys, data.target[test_idx])
+  batch = sample(task, 64)
+  train_images = images[train_idx][:, perm]
+  for x, y in zip(batch.xs[..., 0], batch.ys):
+    match = np.nonzero(np.abs(train_images - x).max(axis=1) < 1e-6)[0]
+    assert len(match) and y in data.target[train_idx][match]
