@@ -101,3 +101,128 @@ def test_closed_loop_rejects_a_prefix_outside_the_sequence():
   cell, params = _model()
   with pytest.raises(ValueError, match="prefix_len"):
     models.closed_loop(cell, params, jnp.zeros((1, 5, F)), prefix_len=6)
+
+
+# --- attention readout -------------------------------------------------------------------------
+
+
+def _attention_model(name="lstm", key=0, dtype=jnp.float32):
+  cell = cells.get(name, hidden_size=H)
+  params = models.init(cell, jax.random.key(key), F, O, readout="attention")
+  params = random_params(params, jax.random.key(key + 1))
+  return cell, jax.tree.map(lambda v: v.astype(dtype), params)
+
+
+def _attention_by_hand(params, hs):
+  """float64 NumPy, literally: y_t for every t of one sequence's valid steps hs [L, H]."""
+  r = {k: np.asarray(v, np.float64) for k, v in params["readout"].items()}
+  hs = np.asarray(hs, np.float64)
+  ys = []
+  for t in range(hs.shape[0]):
+    q = hs[t] @ r["W_q"]
+    scores = np.array([q @ (hs[i] @ r["W_k"]) for i in range(t + 1)]) / np.sqrt(hs.shape[1])
+    alpha = np.exp(scores - scores.max())
+    alpha /= alpha.sum()
+    c = sum(alpha[i] * (hs[i] @ r["W_v"]) for i in range(t + 1))
+    ys.append(np.concatenate([hs[t], c]) @ r["W"] + r["b"])
+  return np.array(ys).reshape(-1, r["b"].shape[0])
+
+
+def test_attention_init_has_exactly_the_documented_keys_and_shapes():
+  cell = cells.get("lstm", hidden_size=5)
+  params = models.init(cell, jax.random.key(0), 3, 2, readout="attention")
+  assert set(params) == {"cell", "readout"}
+  assert {k: v.shape for k, v in params["readout"].items()} == {
+      "W_q": (5, 5), "W_k": (5, 5), "W_v": (5, 5), "W": (10, 2), "b": (2,)}
+  assert all(v.dtype == jnp.float32 for v in params["readout"].values())
+  np.testing.assert_array_equal(params["readout"]["b"], 0)
+  linear = models.init(cell, jax.random.key(0), 3, 2)
+  assert {k: v.shape for k, v in linear["readout"].items()} == {"W": (5, 2), "b": (2,)}
+  with pytest.raises(ValueError, match="attention"):
+    models.init(cell, jax.random.key(0), 3, 2, readout="conv")
+
+
+@pytest.mark.parametrize("name", cells.NAMES)
+def test_attention_readout_matches_a_float64_loop(name):
+  cell, params = _attention_model(name)
+  T = 6
+  xs = jax.random.normal(jax.random.key(5), (4, T, F))
+  lengths = jnp.array([T, 1, 0, 4])
+  per_step = models.apply(cell, params, xs, lengths, per_step=True)
+  last = models.apply(cell, params, xs, lengths, per_step=False)
+  b = np.asarray(params["readout"]["b"])
+  for i, L in enumerate(lengths.tolist()):
+    _, hs = loop(cell, params["cell"], xs[i, :L])
+    want = _attention_by_hand(params, hs)
+    np.testing.assert_allclose(per_step[i, :L], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(per_step[i, L:], np.broadcast_to(b, (T - L, O)))
+    np.testing.assert_allclose(last[i], want[-1] if L else b, rtol=1e-5, atol=1e-5)
+  # without lengths: every sequence is T long
+  full = models.apply(cell, params, xs, per_step=True)
+  for i in range(xs.shape[0]):
+    want = _attention_by_hand(params, loop(cell, params["cell"], xs[i])[1])
+    np.testing.assert_allclose(full[i], want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(models.apply(cell, params, xs, per_step=False), full[:, -1],
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_attention_is_causal():
+  cell, params = _attention_model("rwa")
+  xs = jax.random.normal(jax.random.key(6), (2, 9, F))
+  changed = xs.at[:, 5:].set(jax.random.normal(jax.random.key(7), (2, 4, F)))
+  a = models.apply(cell, params, xs)
+  b = models.apply(cell, params, changed)
+  np.testing.assert_array_equal(a[:, :5], b[:, :5])
+  assert not np.allclose(a[:, 5:], b[:, 5:])  # the change does reach the later steps
+  grads = jax.grad(lambda x: jnp.sum(models.apply(cell, params, x)[:, 4]))(xs)
+  np.testing.assert_array_equal(grads[:, 5:], 0)
+
+
+@pytest.mark.parametrize("per_step", [True, False])
+def test_attention_padding_reaches_no_output_or_gradient(per_step):
+  cell, params = _attention_model("lstm")
+  xs = jax.random.normal(jax.random.key(8), (3, 7, F))
+  lengths = jnp.array([7, 3, 0])
+  pad = jnp.arange(7)[None, :, None] >= lengths[:, None, None]
+  poisoned = jnp.where(pad, jnp.array([jnp.nan, jnp.inf])[None, None, :], xs)
+  zeroed = jnp.where(pad, 0.0, xs)
+
+  def loss(params, xs):
+    return jnp.sum(jnp.sin(models.apply(cell, params, xs, lengths, per_step=per_step)))
+
+  for fn in (jax.jit(lambda p, x: models.apply(cell, p, x, lengths, per_step=per_step)),
+             jax.jit(jax.grad(loss)), jax.jit(jax.grad(loss, argnums=1))):
+    got, want = fn(params, poisoned), fn(params, zeroed)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(got))
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  dxs = fn(params, poisoned)
+  np.testing.assert_array_equal(jnp.where(pad, dxs, 0.0), 0)
+
+
+@pytest.mark.parametrize("per_step", [True, False])
+def test_attention_gradient_matches_float64_finite_differences(per_step):
+  with jax.enable_x64(True):
+    cell, params = _attention_model("rwa", dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(9), (3, 6, F), jnp.float64)
+    lengths = jnp.array([6, 2, 0])
+
+    @jax.jit
+    def loss(params):
+      return jnp.sum(jnp.sin(models.apply(cell, params, xs, lengths, per_step=per_step)))
+
+    grads = jax.jit(jax.grad(loss))(params)
+    direction = random_params(params, jax.random.key(10), scale=1.0)
+    eps = 1e-6
+    fd = (loss(jax.tree.map(lambda p, d: p + eps * d, params, direction))
+          - loss(jax.tree.map(lambda p, d: p - eps * d, params, direction))) / (2 * eps)
+    analytic = sum(jnp.vdot(g, d) for g, d in
+                   zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+    np.testing.assert_allclose(analytic, fd, rtol=1e-7)
+    # the attention weights really take part (not only the [h, c] head)
+    assert all(np.abs(grads["readout"][k]).sum() > 0 for k in ("W_q", "W_k", "W_v"))
+
+
+def test_closed_loop_refuses_the_attention_readout():
+  cell, params = _attention_model()
+  with pytest.raises(ValueError, match="linear readout only"):
+    models.closed_loop(cell, params, jnp.zeros((1, 5, F)), prefix_len=2)
