@@ -1,5 +1,7 @@
 """Readouts and the closed loop (stateful prediction) against literal per-step definitions."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -226,3 +228,92 @@ def test_closed_loop_refuses_the_attention_readout():
   cell, params = _attention_model()
   with pytest.raises(ValueError, match="linear readout only"):
     models.closed_loop(cell, params, jnp.zeros((1, 5, F)), prefix_len=2)
+
+
+# --- remat: the readout inside nested checkpointed chunks ----------------------------------------
+
+
+@pytest.mark.parametrize("name,readout", [("lstm", "linear"), ("rwa", "linear"),
+                                          ("gru", "attention")])
+def test_remat_streamed_path_equals_the_plain_path(name, readout, monkeypatch):
+  # A fan-out of 3 nests two checkpoint levels over T = 23 (chunks 9 and 3), with a remainder
+  # at both levels.
+  monkeypatch.setattr(models, "MAX_FANOUT", 3)
+  assert models._chunk_sizes(23) == [9, 3]
+  cell = cells.get(name, hidden_size=H)
+  params = random_params(models.init(cell, jax.random.key(0), F, O, readout=readout),
+                         jax.random.key(1))
+  T = 23
+  xs = jax.random.normal(jax.random.key(2), (4, T, F))
+  lengths = jnp.array([T, 11, 0, 19])
+  pad = jnp.arange(T)[None, :, None] >= lengths[:, None, None]
+  poisoned = jnp.where(pad, jnp.nan, xs)
+  # per-step attention needs every key: it takes the plain path whatever remat says
+  modes = (True, False) if readout == "linear" else (False,)
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def outputs_and_grads(params, remat):
+    got = {}
+    for per_step in modes:
+      for lens, x in ((None, xs), (lengths, poisoned)):
+        def loss(params):
+          ys = models.apply(cell, params, x, lens, per_step=per_step, remat=remat)
+          return jnp.sum(jnp.sin(ys)), ys
+        got[per_step, lens is None] = jax.grad(loss, has_aux=True)(params)[::-1]
+    return got
+
+  plain, streamed = outputs_and_grads(params, False), outputs_and_grads(params, True)
+  for key in plain:
+    (ys_plain, g_plain), (ys_streamed, g_streamed) = plain[key], streamed[key]
+    np.testing.assert_allclose(ys_streamed, ys_plain, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_streamed), jax.tree.leaves(g_plain)):
+      assert np.isfinite(a).all()
+      np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5 * np.abs(b).max())
+
+
+def test_remat_nesting_covers_every_step_once():
+  """The chunk sizes nest (each divides the one above) and stay within the fan-out."""
+  for T in (2, 37, 1000, 4096, 4097, 10**5, 10**6):
+    sizes = models._chunk_sizes(T)
+    k = sizes[-1]
+    assert k <= models.MAX_FANOUT
+    assert sizes == [k ** i for i in range(len(sizes), 0, -1)]
+    assert k ** (len(sizes) + 1) >= T  # at most k chunks at the top level
+  assert len(models._chunk_sizes(1000)) == 1 and len(models._chunk_sizes(10**5)) == 2
+
+
+def _temp_mib(fn, *args):
+  return fn.lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["lstm", "rwa"])
+def test_remat_train_step_memory_barely_grows_with_T(name):
+  """XLA's compiled temporaries of a whole train step (forward, loss, backward, Adam) at a
+  last-step task: T = 64000 within 4x of T = 1000 with remat (the plain path: ~T)."""
+  import optax
+  B, Hs = 8, 32
+  cell = cells.get(name, hidden_size=Hs)
+  params = models.init(cell, jax.random.key(0), F, O)
+  tx = optax.adam(1e-3)
+
+  def temp(T, remat, train=True):
+    xs = jax.ShapeDtypeStruct((B, T, F), jnp.float32)
+    ys = jax.ShapeDtypeStruct((B, O), jnp.float32)
+    if not train:  # evaluation: forward only
+      return _temp_mib(jax.jit(lambda p, xs: models.apply(cell, p, xs, per_step=False,
+                                                          remat=remat)), params, xs)
+
+    def step(state, xs, ys):
+      params, opt = state
+      grads = jax.grad(lambda p: jnp.mean(
+          (models.apply(cell, p, xs, per_step=False, remat=remat) - ys) ** 2))(params)
+      updates, opt = tx.update(grads, opt, params)
+      return optax.apply_updates(params, updates), opt
+
+    return _temp_mib(jax.jit(step, donate_argnums=0), (params, tx.init(params)), xs, ys)
+
+  assert temp(64000, True) <= 4 * temp(1000, True)
+  assert temp(64000, False) >= 20 * temp(1000, False)  # what remat saves
+  hs_mib = B * 64000 * Hs * 4 / 2**20
+  assert temp(64000, True, train=False) < hs_mib / 4  # evaluation builds no [B, T, H] either
