@@ -56,6 +56,9 @@ def is_attention(params) -> bool:
 
 def readout(params, h):
   """The linear readout: h [*batch, H] -> outputs [*batch, O]."""
+  if is_attention(params):
+    raise ValueError("models.readout is the linear readout; the attention readout reads the "
+                     "whole sequence: use models.apply")
   y = h @ params["readout"]["W"]
   return y + bias(params["readout"]["b"], y)
 
