@@ -8,7 +8,8 @@ update; donated state) and inference (forward only), for seqjax and for the anch
 shapes: flax nn.RNN(OptimizedLSTMCell | GRUCell | SimpleCell), when importable torch.nn.LSTM /
 GRU / RNN (on CUDA when JAX runs on a GPU and torch sees one), and on a GPU cuDNN's LSTM through
 jax.experimental.rnn (--anchors=cudnn). Ratios are anchor time / seqjax time (> 1: seqjax is faster). --memory adds XLA's
-compiled temp-memory figure of the seqjax train step for several T, with and without remat.
+compiled temp-memory figure of the seqjax train step (models.apply, squared loss, backward, Adam;
+outputs read at the last step and at every step) for several T, with and without remat.
 """
 
 import json
@@ -158,22 +159,35 @@ def _time(fn):
 
 
 def memory_table(cell, lengths):
-  """Compiled temp bytes of the seqjax train step (XLA memory analysis), by T and remat."""
+  """XLA's compiled temp bytes (memory analysis; compiled, not run) of the whole seqjax train
+  step through models.apply -- forward, squared loss against targets, backward, Adam -- by T,
+  with the outputs read at the last step (adding-like: keys plain, remat) and at every step
+  (plain_per_step, remat_per_step), without and with remat."""
+  tx = optax.adam(1e-3)
+  params = models.init(cell, jax.random.key(0), INPUT.value, 1)
+  state = (params, tx.init(params))
   rows = []
   for T in lengths:
     xs = jax.ShapeDtypeStruct((BATCH.value, T, INPUT.value), jnp.float32)
     row = {"T": T}
-    for remat in (False, True):
-      state, _, _ = seqjax_fns(cell, jnp.zeros((1, 1, INPUT.value)), remat)
-      params = state[0]
-      def loss(p, xs, remat=remat):
-        return _loss(models.readout(p, seqjax.scan(cell, p["cell"], xs, remat=remat)[1]))
-      try:
-        compiled = jax.jit(jax.grad(loss)).lower(params, xs).compile()
-        row["remat" if remat else "plain"] = compiled.memory_analysis().temp_size_in_bytes
-      except jax.errors.JaxRuntimeError as e:  # e.g. GPU autotuning cannot fit the buffers
-        row["remat" if remat else "plain"] = None
-        row["error"] = str(e).splitlines()[0][:200]
+    for per_step in (False, True):
+      ys = jax.ShapeDtypeStruct((BATCH.value, T, 1) if per_step else (BATCH.value, 1),
+                                jnp.float32)
+      for remat in (False, True):
+        def train_step(state, xs, ys, per_step=per_step, remat=remat):
+          params, opt_state = state
+          grads = jax.grad(lambda p: jnp.mean(
+              (models.apply(cell, p, xs, per_step=per_step, remat=remat) - ys) ** 2))(params)
+          updates, opt_state = tx.update(grads, opt_state, params)
+          return optax.apply_updates(params, updates), opt_state
+
+        key = ("remat" if remat else "plain") + ("_per_step" if per_step else "")
+        try:
+          compiled = jax.jit(train_step, donate_argnums=0).lower(state, xs, ys).compile()
+          row[key] = compiled.memory_analysis().temp_size_in_bytes
+        except jax.errors.JaxRuntimeError as e:  # e.g. GPU autotuning cannot fit the buffers
+          row[key] = None
+          row["error"] = str(e).splitlines()[0][:200]
     rows.append(row)
   return rows
 
@@ -260,11 +274,12 @@ def main(argv):
             "versions": versions, "rows": results}
   if MEMORY.value:
     report["memory"] = memory_table(cell, [int(t) for t in MEMORY.value])
-    print(f"{'T':>8s} {'plain MiB':>10s} {'remat MiB':>10s}")
+    print("train-step XLA temporaries (MiB), outputs read at the last step | at every step")
+    keys = ("plain", "remat", "plain_per_step", "remat_per_step")
+    print(f"{'T':>8s} {'plain':>10s} {'remat':>10s} | {'plain':>10s} {'remat':>10s}")
     for row in report["memory"]:
-      mib = ["does not compile" if row[k] is None else f"{row[k] / 2**20:.1f}"
-             for k in ("plain", "remat")]
-      print(f"{row['T']:8d} {mib[0]:>10s} {mib[1]:>10s}")
+      mib = ["no compile" if row[k] is None else f"{row[k] / 2**20:.1f}" for k in keys]
+      print(f"{row['T']:8d} {mib[0]:>10s} {mib[1]:>10s} | {mib[2]:>10s} {mib[3]:>10s}")
   if JSON.value:
     with open(JSON.value, "w") as f:
       json.dump(report, f, indent=2)
