@@ -224,7 +224,7 @@ def test_bfloat16_matmuls_keep_float32_state_and_stay_within_the_documented_boun
   c32, c16 = cells.get(name, 32), cells.get(name, 32, dtype=jnp.bfloat16)
   params = c32.init(jax.random.key(0), F)
   xs = jax.random.normal(jax.random.key(1), (8, 100, F))
-  (s32, h32), (s16, h16) = seqjax.scan(c32, params, xs), seqjax.scan(c16, params, xs)
+  (_, h32), (s16, h16) = seqjax.scan(c32, params, xs), seqjax.scan(c16, params, xs)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((s16, h16)))
   err = float(jnp.abs(h16 - h32).max())
   assert 1e-5 < err < 0.02  # > 1e-5: the products really ran in bfloat16
