@@ -17,11 +17,11 @@ MIN = ("min_rwa", "min_gru", "min_lstm")
 PATHS = {"associative": True, "loop": False}
 
 
-def _problem(name, path, batch=(3,), T=9, key=0, dtype=jnp.float32):
+def _problem(name, path, batch=(3,), T=9, key=0, dtype=jnp.float32, input_size=F):
   cell = getattr(cells, name)(H, parallel=PATHS[path])
   kp, kr, kx = jax.random.split(jax.random.key(key), 3)
-  params = random_params(cell.init(kp, F), kr, scale=1.0)
-  xs = jax.random.normal(kx, (*batch, T, F))
+  params = random_params(cell.init(kp, input_size), kr, scale=1.0)
+  xs = jax.random.normal(kx, (*batch, T, input_size)) / np.sqrt(input_size / F)
   return cell, *jax.tree.map(lambda v: v.astype(dtype), (params, xs))
 
 
@@ -52,12 +52,13 @@ def test_scan_and_step_equal_numpy_loop_with_lengths(name, path, batch):
 
 
 @pytest.mark.parametrize("name", MIN)
-def test_associative_path_equals_loop_path(name):
+@pytest.mark.parametrize("input_size", [F, 40])  # 40: the loop over hoisted projections
+def test_associative_path_equals_loop_path(name, input_size):
   T = 13
   lengths = jnp.array([13, 0, 6])
   got = {}
   for path in PATHS:
-    cell, params, xs = _problem(name, path, T=T, key=3)
+    cell, params, xs = _problem(name, path, T=T, key=3, input_size=input_size)
     state0, _ = seqjax.scan(cell, params, xs[:, :4])
 
     def loss(p, x, s):
@@ -149,12 +150,12 @@ def test_scan_gradients_match_float64_central_differences(name):
       np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("path, input_size", [("associative", F), ("loop", F), ("loop", 40)])
 @pytest.mark.parametrize("name", MIN)
 @pytest.mark.parametrize("garbage", [np.nan, np.inf, -1e30])
-def test_padding_garbage_gives_what_clean_padding_gives(name, path, garbage):
+def test_padding_garbage_gives_what_clean_padding_gives(name, path, input_size, garbage):
   T = 8
-  cell, params, xs = _problem(name, path, T=T)
+  cell, params, xs = _problem(name, path, T=T, input_size=input_size)
   lengths = jnp.array([2, T, 0])
   pad = jnp.arange(T)[None, :, None] >= lengths[:, None, None]
   dirty = jnp.where(pad, jnp.asarray(garbage, xs.dtype), xs)

@@ -2,9 +2,10 @@
 and h_t is an associative running combination of per-step terms.
 
 Over a whole sequence they run either as `jax.lax.associative_scan` over time (O(log T) depth:
-no sequential loop on an accelerator) or as a `jax.lax.scan` over their elementwise part alone,
-the inputs projected for all steps by one matmul before it. Same numbers up to the order of
-float operations; which is faster depends on the backend (ASSOCIATIVE_ON).
+no sequential loop on an accelerator) or as a `jax.lax.scan` loop: over their elementwise part
+alone with the inputs projected for all steps by one matmul before it (wide inputs), or over
+`step` itself (narrow inputs). Same numbers up to the order of float operations; which is
+faster depends on the backend (ASSOCIATIVE_ON).
 """
 
 import math
@@ -12,11 +13,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from seqjax._timeloop import expand, mask_inputs, select, zero_inactive
+from seqjax._fused import NARROW_INPUT
+from seqjax._timeloop import expand, mask_inputs, select, step_loop, zero_inactive
+from seqjax.cells.base import FastLoop
 
 # Backends on which the min cells run `jax.lax.associative_scan` over time. CPU, measured
-# (2 cores, B=100, T=1000, H=250, train step fwd+bwd): the associative scan's log-depth passes
-# cost 2.5-5x the hoisted loop there. Accelerators: the associative scan (not measured here).
+# (2 cores, B=100, T=1000, F=2, H=250, train step fwd+bwd): the associative scan's log-depth
+# passes cost 2-3x a loop there. Accelerators: the associative scan (not measured yet).
 ASSOCIATIVE_ON = ("gpu", "tpu")
 
 
@@ -30,17 +33,24 @@ def associative_now(parallel) -> bool:
   return jax.default_backend() in ASSOCIATIVE_ON if parallel is None else parallel
 
 
-def make_run(project, update, associative, parallel):
-  """The `FastLoop.run` of a min cell.
+def min_cell_loop(project, update, associative, parallel):
+  """(step, FastLoop) of a min cell.
 
   project(params, x [..., F]) -> terms: a tuple of [..., H] arrays (all the matmuls);
   update(state, terms_t) -> (state, h): one step from its terms (step = update ∘ project);
   associative(terms_T, state0, active_T) -> (final_state, hs_T): all steps at once.
   parallel: True (associative), False (loop) or None (the backend's choice, ASSOCIATIVE_ON).
   """
+  def step(params, state, x_t):
+    return update(state, project(params, x_t))
+
   def run(params, xs_T, state0, active_T, unroll):
-    T, batch_shape = xs_T.shape[0], xs_T.shape[1:-1]
-    xs = mask_inputs(active_T, xs_T).reshape(T * math.prod(batch_shape), xs_T.shape[-1])
+    T, batch_shape, F = xs_T.shape[0], xs_T.shape[1:-1], xs_T.shape[-1]
+    if not associative_now(parallel) and F <= NARROW_INPUT:
+      # CPU, measured (B=100, T=1000, F=2, H=128): projecting per step inside the loop is 2x
+      # faster than reading [T, B, H] buffers of all steps' projections (train and inference).
+      return step_loop(step, params, xs_T, state0, active_T, unroll)
+    xs = mask_inputs(active_T, xs_T).reshape(T * math.prod(batch_shape), F)
     terms = tuple(v.reshape(T, *batch_shape, v.shape[-1]) for v in project(params, xs))
     if T == 0:
       return state0, terms[0]
@@ -56,7 +66,7 @@ def make_run(project, update, associative, parallel):
 
     return jax.lax.scan(body, state0, (terms, active_T), unroll=unroll)
 
-  return run
+  return step, FastLoop(step, run)
 
 
 def identity_where_padded(active_T, elements, identity):

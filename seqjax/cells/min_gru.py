@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells import _parallel
-from seqjax.cells.base import (Cell, FastLoop, bias, check_dtype, glorot, matmul, positive_int,
+from seqjax.cells.base import (Cell, bias, check_dtype, glorot, matmul, positive_int,
                                state_dtype)
 
 
@@ -51,12 +51,9 @@ def min_gru(hidden_size: int, dtype=None, parallel=None) -> Cell:
     h = a * state.h + b
     return MinGRUState(h), h
 
-  def step(params, state, x_t):
-    return update(state, project(params, x_t))
-
   def associative(terms, state0, active_T):
     h, hs_T = _parallel.linear_recurrence(*terms, state0.h, active_T)
     return MinGRUState(h), hs_T
 
-  run = _parallel.make_run(project, update, associative, parallel)
-  return Cell(init, initial_state, step, "min_gru", H, FastLoop(step, run))
+  step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
+  return Cell(init, initial_state, step, "min_gru", H, fast_loop)

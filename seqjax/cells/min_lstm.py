@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells import _parallel
-from seqjax.cells.base import (Cell, FastLoop, bias, check_dtype, glorot, matmul, positive_int,
+from seqjax.cells.base import (Cell, bias, check_dtype, glorot, matmul, positive_int,
                                state_dtype)
 
 
@@ -58,12 +58,9 @@ def min_lstm(hidden_size: int, dtype=None, parallel=None) -> Cell:
     h = a * state.h + b
     return MinLSTMState(h), h
 
-  def step(params, state, x_t):
-    return update(state, project(params, x_t))
-
   def associative(terms, state0, active_T):
     h, hs_T = _parallel.linear_recurrence(*terms, state0.h, active_T)
     return MinLSTMState(h), hs_T
 
-  run = _parallel.make_run(project, update, associative, parallel)
-  return Cell(init, initial_state, step, "min_lstm", H, FastLoop(step, run))
+  step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
+  return Cell(init, initial_state, step, "min_lstm", H, fast_loop)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from seqjax._timeloop import select, zero_inactive
 from seqjax.cells import _parallel
-from seqjax.cells.base import (Cell, FastLoop, bias, check_dtype, glorot, matmul, positive_int,
+from seqjax.cells.base import (Cell, bias, check_dtype, glorot, matmul, positive_int,
                                state_dtype)
 
 _sg = jax.lax.stop_gradient
@@ -75,9 +75,6 @@ def min_rwa(hidden_size: int, dtype=None, parallel=None) -> Cell:
     h = jnp.tanh(n / d)
     return MinRWAState(h=h, n=n, d=d, m=m), h
 
-  def step(params, state, x_t):
-    return update(state, project(params, x_t))
-
   def associative(terms, state0, active_T):
     z, a = terms
     m = _sg(a)
@@ -95,8 +92,8 @@ def min_rwa(hidden_size: int, dtype=None, parallel=None) -> Cell:
     final = select(active_T.any(axis=0), final, state0)  # length 0: state0 exactly
     return final, zero_inactive(active_T, hs_T)
 
-  run = _parallel.make_run(project, update, associative, parallel)
-  return Cell(init, initial_state, step, "min_rwa", H, FastLoop(step, run))
+  step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
+  return Cell(init, initial_state, step, "min_rwa", H, fast_loop)
 
 
 def _combine(first, then):
