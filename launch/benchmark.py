@@ -1,6 +1,7 @@
 """Speed and memory of seqjax's cells against the anchors users would otherwise pick.
 
   python -m launch.benchmark --cell=lstm --batch_size=100 --seq_len=1000 --input_size=2 --hidden_size=128
+  python -m launch.benchmark --cell=min_rwa --versus=rwa --anchors= --seq_len=10000 --batch_size=10
 
 Times, in one process, interleaved, the median of --repeats runs after warm-up (block_until_ready):
 the train step (forward over T, a linear readout and squared loss at every step, backward, Adam
@@ -41,6 +42,11 @@ NUM_LAYERS = flags.DEFINE_list("num_layers", ["1"],
 AUTODIFF_ROW = flags.DEFINE_boolean(
     "autodiff_row", False, "Also time seqjax's first cell with its hand-written backward pass "
     "switched off (jax.grad of the scan), to show what that pass buys.")
+VERSUS = flags.DEFINE_list(
+    "versus", [], "Other seqjax cells timed in the same process on the same shapes, e.g. "
+    "--cell=min_rwa --versus=rwa (their ratio column: their time / --cell's).")
+flags.register_validator("versus", lambda names: all(n in cells.NAMES for n in names),
+                         f"--versus: a list of cell names from {', '.join(cells.NAMES)}")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 UNROLL = flags.DEFINE_list("unroll", [], "seqjax scan unroll values to time, e.g. 1,4,8 "
                            "(default: seqjax.scan's measured best for the backend).")
@@ -207,6 +213,11 @@ def main(argv):
     for u in unrolls:
       variants.append((f"seqjax {cell.name}" + (f" unroll={u}" if len(unrolls) > 1 else "")
                        + (f" {DTYPE.value}" if DTYPE.value != "float32" else ""), cell, u))
+  for other in VERSUS.value:
+    vcell = cells.get(other, hidden_size=HIDDEN.value, num_layers=int(NUM_LAYERS.value[0]),
+                      dtype=None if DTYPE.value == "float32" else jnp.bfloat16)
+    variants.append((f"seqjax {vcell.name}" + (f" {DTYPE.value}" if DTYPE.value != "float32"
+                                               else ""), vcell, unrolls[0]))
   if AUTODIFF_ROW.value:
     label, cell, u = variants[0]
     variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u))

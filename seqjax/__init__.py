@@ -2,7 +2,7 @@
 
 from seqjax import cells
 from seqjax.cells import Cell
-from seqjax.scan import default_unroll, scan
+from seqjax.scanning import default_unroll, scan
 
 __all__ = ["cells", "Cell", "scan", "default_unroll"]
 __version__ = "0.1.0"

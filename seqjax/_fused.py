@@ -17,28 +17,25 @@ per-step loop in float64.
 import jax
 import jax.numpy as jnp
 
-
-def _expand(active, like):
-  return active.reshape(active.shape + (1,) * (like.ndim - active.ndim))
+from seqjax._timeloop import mask_inputs, select, zero_inactive
 
 
-def _mask_inputs(active_T, xs_T):
-  if active_T is None:
-    return xs_T
-  return jnp.where(_expand(active_T, xs_T), xs_T, jnp.zeros((), xs_T.dtype))
-
-
-def _select(active, new, old):
-  return jax.tree.map(lambda a, b: jnp.where(_expand(active, a), a, b), new, old)
-
-
-def _zero_inactive(active, tree):
-  return jax.tree.map(lambda a: jnp.where(_expand(active, a), a, jnp.zeros((), a.dtype)), tree)
+# Input width up to which the backward pass recomputes the input projection per step rather
+# than storing it (see make_fused_scan's store_input_projection).
+NARROW_INPUT = 32
 
 
 def _rows(tree):
   """[T, *batch, K] leaves -> [T * prod(batch), K]."""
   return jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]), tree)
+
+
+def fused_run(parts):
+  """The `FastLoop.run` of a cell declared by its `LoopParts`."""
+  def run(params, xs_T, state0, active_T, unroll):
+    scan_fn = make_fused_scan(parts, unroll, store_input_projection=xs_T.shape[-1] > NARROW_INPUT)
+    return scan_fn(params, xs_T, state0, active_T)
+  return run
 
 
 def make_fused_scan(parts, unroll: int, store_input_projection: bool):
@@ -56,7 +53,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
     px, ph = project_x(params, x_t), project_h(params, state.h)
     new_state, h = update(state, px, ph)
     if active is not None:
-      new_state, h = _select(active, new_state, state), _zero_inactive(active, h)
+      new_state, h = select(active, new_state, state), zero_inactive(active, h)
     return new_state, h, px, ph
 
   def forward(params, xs_T, state0, active_T, keep):
@@ -64,7 +61,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
       x_t, active = inp
       new_state, h, px, ph = step(params, state, x_t, active)
       return new_state, (h, keep(state, px, ph))
-    return jax.lax.scan(body, state0, (_mask_inputs(active_T, xs_T), active_T), unroll=unroll)
+    return jax.lax.scan(body, state0, (mask_inputs(active_T, xs_T), active_T), unroll=unroll)
 
   @jax.custom_vjp
   def scan_fn(params, xs_T, state0, active_T):
@@ -80,7 +77,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
   def bwd(saved, cotangents):
     params, xs_T, active_T, residuals, state0, final = saved
     d_final, dhs_T = cotangents
-    xs_in = _mask_inputs(active_T, xs_T)
+    xs_in = mask_inputs(active_T, xs_T)
     if backward is not None:
       d_final = backward.enter(final, d_final)
 
@@ -89,7 +86,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
       (state, ph, *px), x_t, dh, active = inp
       px = px[0] if px else project_x(params, x_t)
       if active is not None:
-        dh = _zero_inactive(active, dh)
+        dh = zero_inactive(active, dh)
       if backward is None:
         d_prev, dpx, dph = jax.vjp(update, state, px, ph)[1]((d_state, dh))
       else:
@@ -97,8 +94,8 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
       _, h_vjp = jax.vjp(lambda h: project_h(params, h), state.h)
       d_prev = d_prev._replace(h=d_prev.h + h_vjp(dph)[0])
       if active is not None:
-        d_prev = _select(active, d_prev, d_state)
-        dpx, dph = _zero_inactive(active, (dpx, dph))
+        d_prev = select(active, d_prev, d_state)
+        dpx, dph = zero_inactive(active, (dpx, dph))
       if store_input_projection:
         return (d_prev, d_params_acc), (dpx, dph)
       _, x_vjp = jax.vjp(project_x, params, x_t)
@@ -121,7 +118,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
     else:
       d_xs = d_in_T
     if active_T is not None:  # the gradient of the input masking
-      d_xs = _zero_inactive(active_T, d_xs)
+      d_xs = zero_inactive(active_T, d_xs)
     if backward is not None:
       d_state0 = backward.leave(state0, d_state0)
     return d_params, d_xs, d_state0, None

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from seqjax import cells, checkpoint, parallel, plots, tasks, train
-from seqjax.scan import default_unroll
+from seqjax.scanning import default_unroll
 
 
 class RunError(Exception):

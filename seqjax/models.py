@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.cells.base import Cell, bias
-from seqjax.scan import default_unroll, scan
+from seqjax.scanning import default_unroll, scan
 
 _readout_init = jax.nn.initializers.lecun_normal()
 

@@ -23,7 +23,7 @@ class Config(NamedTuple):
   task: Task
   optimizer: optax.GradientTransformation
   batch_size: int
-  unroll: Optional[int] = None  # None: seqjax.scan.default_unroll()
+  unroll: Optional[int] = None  # None: seqjax.default_unroll()
   remat: bool = False
   prefix_len: int = 3      # series tasks: observed steps before free running
   feedback: str = "teacher"  # series tasks' training inputs: teacher | free | scheduled

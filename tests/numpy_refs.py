@@ -72,4 +72,41 @@ def rwa(params, xs):
   return np.stack(hs)
 
 
-REFERENCES = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa}
+def min_rwa(params, xs):
+  """Causal softmax attention with one score per unit, recomputed over the whole history at
+  every step: h_t = tanh(Σ_{i≤t} softmax_i(a) z_i)."""
+  p = as64(params)
+  xs = np.asarray(xs, np.float64)
+  Z = (xs @ p["W_u"] + p["b_u"]) * np.tanh(xs @ p["W_g"] + p["b_g"])  # [T, H]
+  A = xs @ p["W_a"]
+  hs = []
+  for t in range(len(xs)):
+    weights = np.exp(A[:t + 1] - A[:t + 1].max(axis=0))
+    hs.append(np.tanh((Z[:t + 1] * weights).sum(axis=0) / weights.sum(axis=0)))
+  return np.stack(hs)
+
+
+def min_gru(params, xs):
+  p = as64(params)
+  h = np.zeros(p["b_z"].shape)
+  hs = []
+  for x in np.asarray(xs, np.float64):
+    z = sigmoid(x @ p["W_z"] + p["b_z"])
+    h = (1 - z) * h + z * (x @ p["W_h"] + p["b_h"])
+    hs.append(h)
+  return np.stack(hs)
+
+
+def min_lstm(params, xs):
+  p = as64(params)
+  h = np.zeros(p["b_f"].shape)
+  hs = []
+  for x in np.asarray(xs, np.float64):
+    f, i = sigmoid(x @ p["W_f"] + p["b_f"]), sigmoid(x @ p["W_i"] + p["b_i"])
+    h = (f * h + i * (x @ p["W_h"] + p["b_h"])) / (f + i)
+    hs.append(h)
+  return np.stack(hs)
+
+
+REFERENCES = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa,
+              "min_rwa": min_rwa, "min_gru": min_gru, "min_lstm": min_lstm}

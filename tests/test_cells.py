@@ -19,6 +19,10 @@ LAYOUT = {
     "gru": {"W_x": (F, 3 * H), "W_h": (H, 3 * H), "b_x": (3 * H,), "b_h": (3 * H,)},
     "rwa": {"W_u": (F, H), "b_u": (H,), "W_gx": (F, H), "W_gh": (H, H), "b_g": (H,),
             "W_ax": (F, H), "W_ah": (H, H), "s0": (H,)},
+    "min_rwa": {"W_u": (F, H), "W_g": (F, H), "W_a": (F, H), "b_u": (H,), "b_g": (H,)},
+    "min_gru": {"W_z": (F, H), "W_h": (F, H), "b_z": (H,), "b_h": (H,)},
+    "min_lstm": {"W_f": (F, H), "W_i": (F, H), "W_h": (F, H), "b_f": (H,), "b_i": (H,),
+                 "b_h": (H,)},
 }
 
 
@@ -163,6 +167,8 @@ def test_gradients_match_float64_central_differences(name):
     cell, params, xs = _problem(name, jax.random.key(9), jnp.float64)
     if name == "rwa":  # sharp attention, as after training: |a| ~ 10
       params = dict(params, W_ax=params["W_ax"] * 8, W_ah=params["W_ah"] * 8)
+    if name == "min_rwa":
+      params = dict(params, W_a=params["W_a"] * 8)
     w = jax.random.normal(jax.random.key(10), (xs.shape[0], T, H), jnp.float64)
 
     def loss(params, xs):
@@ -224,7 +230,7 @@ def test_bfloat16_matmuls_keep_float32_state_and_stay_within_the_documented_boun
   c32, c16 = cells.get(name, 32), cells.get(name, 32, dtype=jnp.bfloat16)
   params = c32.init(jax.random.key(0), F)
   xs = jax.random.normal(jax.random.key(1), (8, 100, F))
-  (s32, h32), (s16, h16) = seqjax.scan(c32, params, xs), seqjax.scan(c16, params, xs)
+  (_, h32), (s16, h16) = seqjax.scan(c32, params, xs), seqjax.scan(c16, params, xs)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves((s16, h16)))
   err = float(jnp.abs(h16 - h32).max())
   assert 1e-5 < err < 0.02  # > 1e-5: the products really ran in bfloat16
@@ -252,7 +258,9 @@ def test_bad_sizes_are_rejected_clearly(bad):
 
 
 def test_get_rejects_unknown_names_and_layer_counts():
-  with pytest.raises(ValueError, match="allowed: rnn, lstm, gru, rwa"):
+  with pytest.raises(ValueError, match="allowed: rnn, lstm, gru, rwa, min_rwa, min_gru, min_lstm"):
     cells.get("transformer", hidden_size=4)
-  with pytest.raises(ValueError, match="num_layers"):
-    cells.get("rwa", hidden_size=4, num_layers=0)
+  for bad in [0, 1.0, True]:
+    with pytest.raises(ValueError, match="num_layers must be a positive int"):
+      cells.get("rwa", hidden_size=4, num_layers=bad)
+  assert cells.get("gru", hidden_size=np.int64(4), num_layers=np.int32(2)).hidden_size == 4

@@ -1,6 +1,6 @@
 """`seqjax.scan` against the literal per-step loop; lengths, unroll, remat, streaming."""
 
-import importlib
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import seqjax
-from seqjax import cells
+from seqjax import _fused, cells
 from helpers import assert_trees_close, loop, random_params
 import numpy_refs
 
@@ -20,8 +20,8 @@ CELLS = {
     "rwa": lambda: cells.rwa(H),
     "lstm+rwa": lambda: cells.stack([cells.lstm(5), cells.rwa(H)]),
 }
-# A cell written elsewhere declares no LoopParts: scan differentiates it with jax.grad.
-WITHOUT_PARTS = {"rwa, no parts": lambda: cells.rwa(H)._replace(parts=None)}
+# A cell written elsewhere has no fast loop: scan runs its step and differentiates with jax.grad.
+WITHOUT_PARTS = {"rwa, no parts": lambda: cells.rwa(H)._replace(fast_loop=None)}
 
 
 def _problem(name, B=3, T=9, key=0, input_size=F):
@@ -97,9 +97,9 @@ def test_scan_gradients_equal_autodiff_of_the_literal_loop(name, with_lengths, r
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "rwa"])
 def test_wide_inputs_keep_their_projection_and_match_the_literal_loop(name):
-  """Inputs wider than seqjax.scan.NARROW_INPUT take the other branch of the backward pass
+  """Inputs wider than seqjax._fused.NARROW_INPUT take the other branch of the backward pass
   (x·W_x stored, its gradients after the loop)."""
-  assert 40 > importlib.import_module("seqjax.scan").NARROW_INPUT  # (seqjax.scan is the function)
+  assert 40 > _fused.NARROW_INPUT
   _check_against_the_literal_loop(name, True, False, 40)
 
 
@@ -120,8 +120,9 @@ def _check_against_the_literal_loop(name, with_lengths, remat, input_size):
         return jnp.sum(hs * w) + sum(jnp.sum(jnp.tanh(v)) for v in jax.tree.leaves(state))
       return jax.value_and_grad(f, argnums=(0, 1, 2))(params, xs, state0)
 
-    got = loss(lambda p, x, s: seqjax.scan(cell, p, x, jnp.array(lengths) if with_lengths
-                                           else None, s, remat=remat, unroll=2))
+    got = loss(lambda p, x, s: seqjax.scan(
+        cell, p, x, lengths=jnp.array(lengths) if with_lengths else None, initial_state=s,
+        remat=remat, unroll=2))
     ref = loss(lambda p, x, s: _literal_with_lengths(cell, p, x, lengths, s))
     assert_trees_close(got, ref, rtol=1e-11, atol=1e-12)
 
@@ -147,16 +148,47 @@ def test_forward_mode_and_hessian_vector_products(name):
     assert_trees_close(hvp, hvp_ref, rtol=1e-9, atol=1e-10)
 
 
-def test_a_replaced_step_is_what_scan_runs():
-  """scan's fast paths belong to a cell's own step: replace the step and scan runs yours."""
-  for name in ("lstm", "lstm+rwa"):
-    cell, params, xs = _problem(name)
-    doubled = cell._replace(step=lambda p, s, x, step=cell.step: (lambda s, h: (s, 2 * h))(
-        *step(p, s, x)))
-    np.testing.assert_allclose(seqjax.scan(doubled, params, xs)[1], loop(doubled, params, xs)[1],
-                               rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(seqjax.scan(doubled, params, xs)[1],
-                               2 * seqjax.scan(cell, params, xs)[1], rtol=1e-6, atol=1e-6)
+def _doubling(step):
+  @functools.wraps(step)  # copies step's attributes and name: scan must still run this wrapper
+  def doubled(params, state, x_t):
+    state, h = step(params, state, x_t)
+    return state, 2 * h
+  return doubled
+
+
+@pytest.mark.parametrize("name", ["lstm", "rwa", "lstm+rwa"])
+@pytest.mark.parametrize("how", ["functools.wraps", "jax.vmap", "_replace", "layer"])
+def test_a_replaced_or_wrapped_step_is_what_scan_runs(name, how):
+  """scan's fast loops belong to a cell's own step object: replace or wrap the step (or a
+  stack layer's step) and scan runs yours, value and gradient equal to its literal loop."""
+  cell, params, xs = _problem(name)
+  lengths = jnp.array([9, 4, 0])
+  if how == "functools.wraps":
+    user = cell._replace(step=_doubling(cell.step))
+  elif how == "jax.vmap":  # the step vmapped over the batch axis by the user
+    user = cell._replace(step=jax.vmap(_doubling(cell.step), in_axes=(None, 0, 0)))
+  elif how == "_replace":
+    user = cell._replace(step=lambda p, s, x: _doubling(cell.step)(p, s, x))
+  else:
+    layers = cell.layers or (cell,)
+    user = cells.stack([*layers[:-1], layers[-1]._replace(step=_doubling(layers[-1].step))])
+    if not cell.layers:
+      params = (params,)
+  if how == "jax.vmap":  # a step for batch shape (3,) only: the batched loop is the reference
+    lengths = None
+    literal = lambda p: loop(user, p, xs)
+  else:
+    literal = lambda p: _literal_with_lengths(user, p, xs, lengths.tolist(),
+                                              user.initial_state(p, (3,)))
+  w = jax.random.normal(jax.random.key(7), (3, 9, H))
+  loss = lambda s, hs: jnp.sum(hs * w) + jnp.sum(jax.tree.leaves(s)[0])
+  got = jax.value_and_grad(lambda p: loss(*seqjax.scan(user, p, xs, lengths=lengths)))(params)
+  ref = jax.value_and_grad(lambda p: loss(*literal(p)))(params)
+  assert_trees_close(got, ref, rtol=1e-5, atol=1e-5)
+  _, hs = seqjax.scan(cell, params if how != "layer" or cell.layers else params[0], xs,
+                      lengths=lengths)
+  np.testing.assert_allclose(seqjax.scan(user, params, xs, lengths=lengths)[1], 2 * hs,
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_single_step_sequences_with_remat():

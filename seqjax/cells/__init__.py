@@ -1,13 +1,19 @@
-"""Recurrent cells as pure functions: `cells.rwa(H)`, `cells.get("rwa", hidden_size=H)`."""
+"""Recurrent cells as pure functions: `cells.rwa(H)`, `cells.get("rwa", hidden_size=H)`;
+the min cells (min_rwa, min_gru, min_lstm) read x_t only in their gates and run in parallel
+over time."""
 
-from seqjax.cells.base import Cell, autodiff_backward
+from seqjax.cells.base import Cell, FastLoop, positive_int
 from seqjax.cells.gru import GRUState, gru
 from seqjax.cells.lstm import LSTMState, lstm
+from seqjax.cells.min_gru import MinGRUState, min_gru
+from seqjax.cells.min_lstm import MinLSTMState, min_lstm
+from seqjax.cells.min_rwa import MinRWAState, min_rwa
 from seqjax.cells.rnn import RNNState, rnn
 from seqjax.cells.rwa import RWAState, rwa
 from seqjax.cells.stack import stack
 
-REGISTRY = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa}
+REGISTRY = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa,
+            "min_rwa": min_rwa, "min_gru": min_gru, "min_lstm": min_lstm}
 NAMES = tuple(REGISTRY)
 
 
@@ -16,11 +22,23 @@ def get(name: str, hidden_size: int, num_layers: int = 1, dtype=None) -> Cell:
   matmul operand precision (None: the params'; jnp.bfloat16: mixed precision, float32 state)."""
   if name not in REGISTRY:
     raise ValueError(f"unknown cell {name!r}; allowed: {', '.join(NAMES)}")
-  if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
-    raise ValueError(f"num_layers must be an int >= 1, got {num_layers!r}")
+  num_layers = positive_int("num_layers", num_layers)
   cell = REGISTRY[name](hidden_size, dtype=dtype)
   return cell if num_layers == 1 else stack([cell] * num_layers)
 
 
-__all__ = ["Cell", "autodiff_backward", "get", "stack", "rnn", "lstm", "gru", "rwa", "NAMES",
-           "RNNState", "LSTMState", "GRUState", "RWAState"]
+def autodiff_backward(cell: Cell) -> Cell:
+  """The same cell without a hand-written backward pass: `seqjax.scan` then differentiates it
+  with JAX's own rules, which also gives forward mode (`jax.jvp`, `jax.jacfwd`)."""
+  fast = cell.fast_loop
+  if fast is None or fast.step is not cell.step:
+    return cell  # scan runs its step with JAX's rules already
+  if cell.layers:
+    return stack([autodiff_backward(c) for c in cell.layers])
+  return cell if fast.forward_mode else cell._replace(fast_loop=None)
+
+
+__all__ = ["Cell", "FastLoop", "autodiff_backward", "get", "stack", "NAMES",
+           "rnn", "lstm", "gru", "rwa", "min_rwa", "min_gru", "min_lstm",
+           "RNNState", "LSTMState", "GRUState", "RWAState", "MinRWAState", "MinGRUState",
+           "MinLSTMState"]

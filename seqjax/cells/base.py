@@ -1,9 +1,13 @@
 """The `Cell` record shared by every recurrent cell, and the initialisers they use."""
 
+import operator
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from seqjax import _fused
 
 Params = Any  # a pytree of arrays: a dict for one cell, a tuple of dicts for a stack
 State = Any   # a NamedTuple of [*batch_shape, H] arrays, or a tuple of those for a stack
@@ -26,13 +30,31 @@ class LoopParts(NamedTuple):
   """A cell's step split as step(params, s, x) = update(s, project_x(params, x),
   project_h(params, s.h)), where only the two projections touch params.
 
-  `seqjax.scan` uses the split to differentiate the time loop by hand: one matmul per step in
-  the backward loop, the weight gradients from all steps at once after it (`seqjax._fused`).
+  `fused_step` turns it into the step and a time loop differentiated by hand: one matmul per
+  step in the backward loop, the weight gradients from all steps at once after it.
   """
   project_x: Callable  # (params, x [..., F]) -> pytree of [..., K] (any leading dims)
   project_h: Callable  # (params, h [..., H]) -> pytree of [..., K], affine in h
   update: Callable     # (state, px, ph) -> (new_state, h)
   backward: Optional[UpdateBackward] = None  # default: jax.vjp of update
+
+
+class FastLoop(NamedTuple):
+  """A faster way to run one particular `step` over time, for `seqjax.scan`.
+
+  `seqjax.scan` runs `run` only while `cell.step is step` (the very function object this was
+  built for). A cell whose step was replaced or wrapped — `cell._replace(step=...)`,
+  `functools.wraps`, `jax.vmap` — therefore runs its own step, one call per time step.
+
+  run(params, xs_T, state0, active_T, unroll) -> (final_state, hs_T), time-major:
+    xs_T [T, *batch, F]; active_T None or bool [T, *batch] (False: a padded step — the state
+    is carried unchanged, the output is 0, the input reaches nothing); hs_T [T, *batch, H].
+  forward_mode: False when `run` has a hand-written backward pass (a `jax.custom_vjp`: reverse
+    mode only); `cells.autodiff_backward` then drops it.
+  """
+  step: Callable
+  run: Callable
+  forward_mode: bool = True
 
 
 class Cell(NamedTuple):
@@ -41,7 +63,8 @@ class Cell(NamedTuple):
   init(key, input_size) -> params
   initial_state(params, batch_shape) -> state
   step(params, state, x_t) -> (state, h_t);  x_t: [*batch_shape, F] -> h_t: [*batch_shape, H]
-  parts: optional `LoopParts` of `step` (cells written elsewhere can leave it out).
+  fast_loop: optional `FastLoop`: how `seqjax.scan` runs this `step` over time faster than
+    step by step (cells written elsewhere leave it out; `cell._replace(step=...)` bypasses it).
   layers: a stack's cells, bottom first (empty for a single cell).
   """
   init: Callable[..., Params]
@@ -49,7 +72,7 @@ class Cell(NamedTuple):
   step: Callable[..., tuple]
   name: str
   hidden_size: int
-  parts: Optional[LoopParts] = None
+  fast_loop: Optional[FastLoop] = None
   layers: tuple = ()
 
 
@@ -66,27 +89,24 @@ def single_matrix_projections(dtype=None):
   return project_x, project_h
 
 
-def autodiff_backward(cell: "Cell") -> "Cell":
-  """The same cell without its hand-written backward pass: `seqjax.scan` then differentiates it
-  with JAX's own rules, which also gives forward mode (`jax.jvp`, `jax.jacfwd`)."""
-  if cell.layers:
-    from seqjax.cells.stack import stack
-    return stack([autodiff_backward(c) for c in cell.layers])
-  return cell._replace(parts=None)
-
-
-def step_from_parts(parts: LoopParts):
-  """The step that `parts` describe: the one definition both scan paths run."""
+def fused_step(parts: LoopParts):
+  """(step, FastLoop) for a cell declared by its `parts`: the step they describe, and the time
+  loop with the hand-written backward pass that runs exactly that step (`seqjax._fused`)."""
   def step(params, state, x_t):
     return parts.update(state, parts.project_x(params, x_t), parts.project_h(params, state.h))
-  step.parts = parts  # seqjax.scan takes the parts' fast path only while step is this one
-  return step
+  return step, FastLoop(step, _fused.fused_run(parts), forward_mode=False)
 
 
-def check_size(what: str, value) -> int:
-  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-    raise ValueError(f"{what} must be a positive int, got {value!r}")
-  return value
+def positive_int(what: str, value) -> int:
+  """value as an int if it is a positive integer (Python or NumPy), else a ValueError naming it."""
+  if not isinstance(value, (bool, np.bool_)):
+    try:
+      number = operator.index(value)
+    except TypeError:
+      number = None
+    if number is not None and number >= 1:
+      return number
+  raise ValueError(f"{what} must be a positive int, got {value!r}")
 
 
 def state_dtype(params_dtype):

@@ -13,8 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import (Cell, LoopParts, bias, check_dtype, check_size, glorot_blocks,
-                               matmul, orthogonal_blocks, state_dtype, step_from_parts)
+from seqjax.cells.base import (Cell, LoopParts, bias, check_dtype, positive_int, glorot_blocks,
+                               matmul, orthogonal_blocks, state_dtype, fused_step)
 
 
 class GRUState(NamedTuple):
@@ -23,11 +23,11 @@ class GRUState(NamedTuple):
 
 def gru(hidden_size: int, dtype=None) -> Cell:
   """dtype: matmul operand precision (e.g. jnp.bfloat16); params and state stay float32."""
-  H = check_size("hidden_size", hidden_size)
+  H = positive_int("hidden_size", hidden_size)
   dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
-    F = check_size("input_size", input_size)
+    F = positive_int("input_size", input_size)
     kx, kh = jax.random.split(key)
     return {"W_x": glorot_blocks(kx, F, H, 3),
             "W_h": orthogonal_blocks(kh, H, 3),
@@ -55,4 +55,5 @@ def gru(hidden_size: int, dtype=None) -> Cell:
     return GRUState(h), h
 
   parts = LoopParts(project_x, project_h, update)
-  return Cell(init, initial_state, step_from_parts(parts), "gru", H, parts)
+  step, fast_loop = fused_step(parts)
+  return Cell(init, initial_state, step, "gru", H, fast_loop)

@@ -13,9 +13,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import (Cell, LoopParts, check_dtype, check_size, glorot_blocks,
+from seqjax.cells.base import (Cell, LoopParts, check_dtype, positive_int, glorot_blocks,
                                orthogonal_blocks, single_matrix_projections, state_dtype,
-                               step_from_parts)
+                               fused_step)
 
 FORGET_BIAS = 1.0
 
@@ -27,11 +27,11 @@ class LSTMState(NamedTuple):
 
 def lstm(hidden_size: int, dtype=None) -> Cell:
   """dtype: matmul operand precision (e.g. jnp.bfloat16); params and state stay float32."""
-  H = check_size("hidden_size", hidden_size)
+  H = positive_int("hidden_size", hidden_size)
   dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
-    F = check_size("input_size", input_size)
+    F = positive_int("input_size", input_size)
     kx, kh = jax.random.split(key)
     b = jnp.zeros((4 * H,), jnp.float32).at[H:2 * H].set(FORGET_BIAS)
     return {"W_x": glorot_blocks(kx, F, H, 4),
@@ -52,4 +52,5 @@ def lstm(hidden_size: int, dtype=None) -> Cell:
     return LSTMState(h=h, c=c), h
 
   parts = LoopParts(project_x, project_h, update)
-  return Cell(init, initial_state, step_from_parts(parts), "lstm", H, parts)
+  step, fast_loop = fused_step(parts)
+  return Cell(init, initial_state, step, "lstm", H, fast_loop)

@@ -8,8 +8,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import (Cell, LoopParts, check_dtype, check_size, glorot, orthogonal,
-                               single_matrix_projections, state_dtype, step_from_parts)
+from seqjax.cells.base import (Cell, LoopParts, check_dtype, positive_int, glorot, orthogonal,
+                               single_matrix_projections, state_dtype, fused_step)
 
 
 class RNNState(NamedTuple):
@@ -18,11 +18,11 @@ class RNNState(NamedTuple):
 
 def rnn(hidden_size: int, dtype=None) -> Cell:
   """dtype: matmul operand precision (e.g. jnp.bfloat16); params and state stay float32."""
-  H = check_size("hidden_size", hidden_size)
+  H = positive_int("hidden_size", hidden_size)
   dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
-    F = check_size("input_size", input_size)
+    F = positive_int("input_size", input_size)
     kx, kh = jax.random.split(key)
     return {"W_x": glorot(kx, (F, H), jnp.float32),
             "W_h": orthogonal(kh, (H, H), jnp.float32),
@@ -38,4 +38,5 @@ def rnn(hidden_size: int, dtype=None) -> Cell:
     return RNNState(h), h
 
   parts = LoopParts(project_x, project_h, update)
-  return Cell(init, initial_state, step_from_parts(parts), "rnn", H, parts)
+  step, fast_loop = fused_step(parts)
+  return Cell(init, initial_state, step, "rnn", H, fast_loop)

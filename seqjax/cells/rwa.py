@@ -26,8 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells.base import (Cell, LoopParts, UpdateBackward, bias, check_dtype, check_size,
-                               glorot, matmul, state_dtype, step_from_parts)
+from seqjax.cells.base import (Cell, LoopParts, UpdateBackward, bias, check_dtype, positive_int,
+                               glorot, matmul, state_dtype, fused_step)
 
 
 class RWAState(NamedTuple):
@@ -39,11 +39,11 @@ class RWAState(NamedTuple):
 
 def rwa(hidden_size: int, dtype=None) -> Cell:
   """dtype: matmul operand precision (e.g. jnp.bfloat16); params, n, d, m and h stay float32."""
-  H = check_size("hidden_size", hidden_size)
+  H = positive_int("hidden_size", hidden_size)
   dtype = check_dtype(dtype)
 
   def init(key, input_size: int):
-    F = check_size("input_size", input_size)
+    F = positive_int("input_size", input_size)
     ku, kg, ka, ks = jax.random.split(key, 4)
     W_g = glorot(kg, (F + H, H), jnp.float32)
     W_a = glorot(ka, (F + H, H), jnp.float32)
@@ -87,7 +87,8 @@ def rwa(hidden_size: int, dtype=None) -> Cell:
     return RWAState(h=h, n=n, d=d, m=m), h
 
   parts = LoopParts(project_x, project_h, update, _BACKWARD)
-  return Cell(init, initial_state, step_from_parts(parts), "rwa", H, parts)
+  step, fast_loop = fused_step(parts)
+  return Cell(init, initial_state, step, "rwa", H, fast_loop)
 
 
 # The backward pass by hand. Autodiff of n/d forms ∂L/∂a from two nearly opposite terms

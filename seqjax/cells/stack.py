@@ -4,7 +4,8 @@ from typing import Sequence
 
 import jax
 
-from seqjax.cells.base import Cell
+from seqjax import _timeloop
+from seqjax.cells.base import Cell, FastLoop
 
 
 def stack(layers: Sequence[Cell]) -> Cell:
@@ -29,6 +30,15 @@ def stack(layers: Sequence[Cell]) -> Cell:
       new_state.append(s)
     return tuple(new_state), h
 
-  step.layers = layers  # seqjax.scan runs layer by layer only while step is this one
+  def run_layer_by_layer(params, xs_T, state0, active_T, unroll):
+    # Each layer's output sequence is the next one's input: equal to stepping the whole stack
+    # per time step, and every layer runs its own fast loop.
+    final_states, hs_T = [], xs_T
+    for c, p, s in zip(layers, params, state0):
+      s, hs_T = _timeloop.run(c, p, hs_T, s, active_T, unroll)
+      final_states.append(s)
+    return tuple(final_states), hs_T
+
   name = "+".join(c.name for c in layers)
-  return Cell(init, initial_state, step, name, layers[-1].hidden_size, layers=layers)
+  return Cell(init, initial_state, step, name, layers[-1].hidden_size,
+              FastLoop(step, run_layer_by_layer), layers)

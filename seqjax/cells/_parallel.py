@@ -1,0 +1,91 @@
+"""What the min cells share: their gates read x_t only, so every matmul leaves the time loop,
+and h_t is an associative running combination of per-step terms.
+
+Over a whole sequence they run either as `jax.lax.associative_scan` over time (O(log T) depth:
+no sequential loop on an accelerator) or as a `jax.lax.scan` loop: over their elementwise part
+alone with the inputs projected for all steps by one matmul before it (wide inputs), or over
+`step` itself (narrow inputs). Same numbers up to the order of float operations; which is
+faster depends on the backend (ASSOCIATIVE_ON).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from seqjax._fused import NARROW_INPUT
+from seqjax._timeloop import expand, mask_inputs, select, step_loop, zero_inactive
+from seqjax.cells.base import FastLoop
+
+# Backends on which the min cells run `jax.lax.associative_scan` over time. CPU, measured
+# (2 cores, B=100, T=1000, F=2, H=250, train step fwd+bwd): the associative scan's log-depth
+# passes cost 2-3x a loop there. Accelerators: the associative scan (not measured yet).
+ASSOCIATIVE_ON = ("gpu", "tpu")
+
+
+def check_parallel(parallel):
+  if parallel is not None and not isinstance(parallel, bool):
+    raise ValueError(f"parallel must be None, True or False, got {parallel!r}")
+  return parallel
+
+
+def associative_now(parallel) -> bool:
+  return jax.default_backend() in ASSOCIATIVE_ON if parallel is None else parallel
+
+
+def min_cell_loop(project, update, associative, parallel):
+  """(step, FastLoop) of a min cell.
+
+  project(params, x [..., F]) -> terms: a tuple of [..., H] arrays (all the matmuls);
+  update(state, terms_t) -> (state, h): one step from its terms (step = update ∘ project);
+  associative(terms_T, state0, active_T) -> (final_state, hs_T): all steps at once.
+  parallel: True (associative), False (loop) or None (the backend's choice, ASSOCIATIVE_ON).
+  """
+  def step(params, state, x_t):
+    return update(state, project(params, x_t))
+
+  def run(params, xs_T, state0, active_T, unroll):
+    T, batch_shape, F = xs_T.shape[0], xs_T.shape[1:-1], xs_T.shape[-1]
+    if not associative_now(parallel) and F <= NARROW_INPUT:
+      # CPU, measured (B=100, T=1000, F=2, H=128): projecting per step inside the loop is 2x
+      # faster than reading [T, B, H] buffers of all steps' projections (train and inference).
+      return step_loop(step, params, xs_T, state0, active_T, unroll)
+    xs = mask_inputs(active_T, xs_T).reshape(T * math.prod(batch_shape), F)
+    terms = tuple(v.reshape(T, *batch_shape, v.shape[-1]) for v in project(params, xs))
+    if T == 0:
+      return state0, terms[0]
+    if associative_now(parallel):
+      return associative(terms, state0, active_T)
+
+    def body(state, inp):
+      terms_t, active = inp
+      new_state, h = update(state, terms_t)
+      if active is None:
+        return new_state, h
+      return select(active, new_state, state), zero_inactive(active, h)
+
+    return jax.lax.scan(body, state0, (terms, active_T), unroll=unroll)
+
+  return step, FastLoop(step, run)
+
+
+def identity_where_padded(active_T, elements, identity):
+  """Padded steps' elements replaced by the combine's identity (so they change no prefix)."""
+  if active_T is None:
+    return elements
+  return tuple(jnp.where(expand(active_T, e), e, jnp.asarray(i, e.dtype))
+               for e, i in zip(elements, identity))
+
+
+def linear_recurrence(a_T, b_T, h0, active_T):
+  """h_t = a_t h_{t-1} + b_t for every t at once; a_T, b_T: [T, *batch, H], h0: [*batch, H].
+  Returns (h_T, hs_T), padded steps left out (identity a = 1, b = 0; their outputs 0)."""
+  a_T, b_T = identity_where_padded(active_T, (a_T, b_T), (1, 0))
+
+  def combine(first, then):  # apply `first`, then `then`
+    (a1, b1), (a2, b2) = first, then
+    return a1 * a2, a2 * b1 + b2
+
+  A, B = jax.lax.associative_scan(combine, (a_T, b_T))
+  hs_T = A * h0[None] + B
+  return hs_T[-1], hs_T if active_T is None else zero_inactive(active_T, hs_T)

@@ -1,0 +1,66 @@
+"""minLSTM (Feng et al. 2024, "Were RNNs All We Needed?"): the LSTM with gates from x_t only,
+forget and input gate normalised to sum to 1.
+
+  f_t = σ(x_t W_f + b_f),   i_t = σ(x_t W_i + b_i),   ĥ_t = x_t W_h + b_h
+  h_t = (f_t h_{t-1} + i_t ĥ_t) / (f_t + i_t),      h_0 = 0
+
+Computed as h_t = a_t h_{t-1} + (1 - a_t) ĥ_t with a_t = f/(f + i) = σ(log σ(f) - log σ(i)):
+the same numbers, but no 0/0 when both gates underflow (logits below about -100 in float32).
+Gates from x_t only: `seqjax.scan` runs all steps at once (`seqjax.cells._parallel`).
+
+Init: W_f, W_i, W_h Glorot-uniform over (F, H), biases 0.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from seqjax.cells import _parallel
+from seqjax.cells.base import (Cell, bias, check_dtype, glorot, matmul, positive_int,
+                               state_dtype)
+
+
+class MinLSTMState(NamedTuple):
+  h: jax.Array  # [*batch, H]
+
+
+def min_lstm(hidden_size: int, dtype=None, parallel=None) -> Cell:
+  """dtype: matmul operand precision (e.g. jnp.bfloat16); params and state stay float32.
+  parallel: how `seqjax.scan` runs it: True `jax.lax.associative_scan`, False a loop over the
+  elementwise part, None the measured choice for the backend."""
+  H = positive_int("hidden_size", hidden_size)
+  dtype = check_dtype(dtype)
+  parallel = _parallel.check_parallel(parallel)
+
+  def init(key, input_size: int):
+    F = positive_int("input_size", input_size)
+    kf, ki, kh = jax.random.split(key, 3)
+    return {"W_f": glorot(kf, (F, H), jnp.float32), "W_i": glorot(ki, (F, H), jnp.float32),
+            "W_h": glorot(kh, (F, H), jnp.float32), "b_f": jnp.zeros((H,), jnp.float32),
+            "b_i": jnp.zeros((H,), jnp.float32), "b_h": jnp.zeros((H,), jnp.float32)}
+
+  def initial_state(params, batch_shape=()):
+    return MinLSTMState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_f"].dtype)))
+
+  def project(params, x):
+    acc = state_dtype(params["W_f"].dtype)
+    pre = []
+    for k in ("f", "i", "h"):
+      p = matmul(x, params["W_" + k], dtype)
+      pre.append((p + bias(params["b_" + k], p)).astype(acc))
+    pf, pi, ph = pre
+    log_ratio = jax.nn.log_sigmoid(pf) - jax.nn.log_sigmoid(pi)  # log(f / i), finite
+    return jax.nn.sigmoid(log_ratio), jax.nn.sigmoid(-log_ratio) * ph  # a, (1 - a) ĥ
+
+  def update(state, terms):
+    a, b = terms
+    h = a * state.h + b
+    return MinLSTMState(h), h
+
+  def associative(terms, state0, active_T):
+    h, hs_T = _parallel.linear_recurrence(*terms, state0.h, active_T)
+    return MinLSTMState(h), hs_T
+
+  step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
+  return Cell(init, initial_state, step, "min_lstm", H, fast_loop)

@@ -1,0 +1,107 @@
+"""Running a cell over time: `final_state, hs = seqjax.scan(cell, params, xs, ...)`."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from seqjax import _timeloop
+from seqjax.cells.base import Cell, positive_int
+
+# Measured best `unroll` per backend (BUILD_NOTES.md, performance): H100, LSTM B=100 T=1000
+# H=256 train step 33 ms at 1, 19 at 4, 17 at 8, 18 at 16; on the 2-core CPU > 1 never helped.
+UNROLL_BY_BACKEND = {"gpu": 8}
+
+
+def default_unroll() -> int:
+  return UNROLL_BY_BACKEND.get(jax.default_backend(), 1)
+
+
+def scan(cell: Cell, params, xs, *, lengths=None, initial_state=None, unroll: int = None,
+         remat: bool = False):
+  """Runs `cell.step` over the time axis of `xs`.
+
+  Args:
+    cell: a `seqjax.cells.Cell` (a stack included).
+    params: the cell's params.
+    xs: [*batch, T, F], batch-major: [B, T, F], or [T, F] for one sequence.
+    lengths: optional ints of shape `batch` (0 <= length <= T). Sequence b then runs only
+      lengths[b] steps: its final state is the state after exactly that many steps, its outputs
+      past that are 0, and whatever the padding holds reaches neither an output nor a gradient.
+    initial_state: the state before step 1; default `cell.initial_state(params, batch)`.
+    unroll: steps per loop iteration (`jax.lax.scan`'s unroll); never changes results.
+      Default: the measured best for the backend, `default_unroll()` (1 on CPU, 8 on GPU).
+    remat: checkpoint the loop in chunks of ~sqrt(T) steps, so the backward pass keeps
+      O(sqrt(T)) states instead of O(T), for about one extra forward pass of compute.
+
+  Returns:
+    (final_state, hs) with hs: [*batch, T, H].
+
+  The result is that of calling `cell.step` once per time step. The cell's `fast_loop`, when it
+  belongs to that very step, computes the same faster: the built-in rnn/lstm/gru/rwa run a loop
+  with a hand-written backward pass (a `jax.custom_vjp`: reverse mode, vmap and forward-over-
+  reverse (Hessian-vector products) work; plain forward mode (`jax.jvp`, `jax.jacfwd` of scan
+  itself) does not — scan `cells.autodiff_backward(cell)` for that: the same values, JAX's own
+  rules); the min cells run in parallel over time. A cell whose `step` was replaced or wrapped
+  (`cell._replace(step=...)`) runs that step, with JAX's rules.
+  """
+  if not isinstance(cell, Cell):
+    raise TypeError(f"scan needs a seqjax Cell, got {type(cell).__name__}")
+  xs = jnp.asarray(xs)
+  if xs.ndim < 2:
+    raise ValueError(f"xs must be [B, T, F] or [T, F]; got shape {xs.shape}")
+  unroll = positive_int("unroll", default_unroll() if unroll is None else unroll)
+  batch_shape, T = xs.shape[:-2], xs.shape[-2]
+  if initial_state is None:
+    initial_state = cell.initial_state(params, batch_shape)
+  if lengths is not None:
+    lengths = _check_lengths(lengths, batch_shape, T)
+
+  xs_T = jnp.moveaxis(xs, -2, 0)  # time-major for the loop: [T, *batch, F]
+  chunk = math.isqrt(T - 1) + 1 if remat and T > 1 else T  # ceil(sqrt(T))
+  num_chunks = -(-T // chunk) if T else 0
+  padded_T = num_chunks * chunk
+  if padded_T != T:
+    # Chunked remat needs whole chunks: the extra steps are masked out like padding.
+    xs_T = jnp.concatenate([xs_T, jnp.zeros((padded_T - T, *xs_T.shape[1:]), xs_T.dtype)])
+    if lengths is None:
+      lengths = jnp.full(batch_shape, T, jnp.int32)
+  active_T = None if lengths is None else _expand_time(jnp.arange(padded_T, dtype=jnp.int32),
+                                                       lengths)
+
+  def run(state, inputs):
+    xs_T, active_T = inputs
+    return _timeloop.run(cell, params, xs_T, state, active_T, unroll)
+
+  if remat and T > 1:
+    split = lambda a: a.reshape(num_chunks, chunk, *a.shape[1:])
+    final_state, hs_T = jax.lax.scan(jax.checkpoint(run), initial_state,
+                                     jax.tree.map(split, (xs_T, active_T)))
+    hs_T = hs_T.reshape(padded_T, *hs_T.shape[2:])[:T]
+  else:
+    final_state, hs_T = run(initial_state, (xs_T, active_T))
+  return final_state, jnp.moveaxis(hs_T, 0, -2)
+
+
+def _expand_time(ts, lengths):
+  """active[t, *batch] = t < lengths[*batch]."""
+  return ts.reshape(ts.shape + (1,) * lengths.ndim) < lengths[None]
+
+
+def _check_lengths(lengths, batch_shape, T):
+  lengths = jnp.asarray(lengths)
+  if lengths.shape != tuple(batch_shape):
+    raise ValueError(f"lengths must have the batch shape {tuple(batch_shape)} of xs; "
+                     f"got shape {lengths.shape}")
+  if not jnp.issubdtype(lengths.dtype, jnp.integer):
+    raise ValueError(f"lengths must be integers; got dtype {lengths.dtype}")
+  try:
+    values = np.asarray(lengths)
+  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+    return lengths  # traced: unknowable here; out-of-range lengths act as clipped to [0, T]
+  if values.size:
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi > T:
+      raise ValueError(f"lengths must lie in [0, T={T}]; got values in [{lo}, {hi}]")
+  return lengths
