@@ -9,6 +9,9 @@ shapes: flax nn.RNN(OptimizedLSTMCell | GRUCell | SimpleCell), when importable t
 GRU / RNN (on CUDA when JAX runs on a GPU and torch sees one), and on a GPU cuDNN's LSTM through
 jax.experimental.rnn (--anchors=cudnn). Ratios are anchor time / seqjax time (> 1: seqjax is faster). --memory adds XLA's
 compiled temp-memory figure of the seqjax train step for several T, with and without remat.
+--runs=1,2,8 adds a table: one train step of N runs trained as one program (the one-run step
+vmapped over a leading runs axis of params, Adam state and data, as launch.main --seeds does)
+against N times one run, interleaved in the same process.
 """
 
 import json
@@ -47,6 +50,7 @@ ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch", "cudnn"],
                             "Anchors to time: flax, torch, cudnn (GPU, lstm only); empty: none.")
 MEMORY = flags.DEFINE_list("memory", [], "Sequence lengths for the memory table, e.g. 1000,10000,100000.")
 JSON = flags.DEFINE_string("json", None, "Also write the results as JSON to this file.")
+RUNS = flags.DEFINE_list("runs", [], "Run counts N for the many-runs table, e.g. 1,2,8.")
 
 FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}
 TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
@@ -178,8 +182,56 @@ def memory_table(cell, lengths):
   return rows
 
 
+def runs_table(cell, counts):
+  """ms per train step of N vmapped runs (own params, Adam state and batch each) and the ratio
+  time(N) / (N * time(1 run)); the one-run step is timed interleaved with the others."""
+  from seqjax import train
+  B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
+  tx = optax.adam(1e-3)
+
+  def one(state, xs):
+    params, opt_state = state
+    grads = jax.grad(lambda p: _loss(models.readout(p, seqjax.scan(cell, p["cell"], xs)[1])))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  box, steps = {}, {}
+  for n in sorted(set([1] + counts)):
+    keys = jax.random.split(jax.random.key(0), n)
+    params = [models.init(cell, k, F, 1) for k in keys]
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *[(p, tx.init(p)) for p in params])
+    xs = jax.random.normal(jax.random.key(1), (n, B, T, F), jnp.float32)
+    if n == 1:  # the plain one-run program, no runs axis
+      state, xs = jax.tree.map(lambda x: x[0], state), xs[0]
+    box[n] = state
+    steps[n] = (jax.jit(one if n == 1 else train.over_runs(one, n), donate_argnums=0), xs)
+
+  def timed(n):
+    step, xs = steps[n]
+    box[n] = step(box[n], xs)
+    jax.block_until_ready(box[n])
+
+  for n in steps:
+    timed(n); timed(n)
+  times = {n: [] for n in steps}
+  for _ in range(REPEATS.value):
+    for n in steps:
+      times[n].append(_time(lambda: timed(n)))
+  base = statistics.median(times[1])
+  return [{"runs": n, "ms": 1000 * statistics.median(ts),
+           "ratio_to_n_single_runs": statistics.median(ts) / (n * base)}
+          for n, ts in times.items() if n in counts]
+
+
 def main(argv):
   del argv
+  if RUNS.value:
+    from launch.flags import parse_list
+    from seqjax.settings import RunError
+    try:
+      counts = list(parse_list("runs", RUNS.value, int, minimum=1))
+    except RunError as e:
+      sys.exit(f"error: {e}")
   name = CELL.value
   B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
   xs = jax.random.normal(jax.random.key(1), (B, T, F), jnp.float32)
@@ -265,6 +317,11 @@ def main(argv):
       mib = ["does not compile" if row[k] is None else f"{row[k] / 2**20:.1f}"
              for k in ("plain", "remat")]
       print(f"{row['T']:8d} {mib[0]:>10s} {mib[1]:>10s}")
+  if RUNS.value:
+    report["runs"] = runs_table(cell, counts)
+    print(f"{'runs N':>7s} {'ms/step':>9s} {'time(N) / (N x time(1))':>24s}")
+    for row in report["runs"]:
+      print(f"{row['runs']:7d} {row['ms']:9.1f} {row['ratio_to_n_single_runs']:24.3f}")
   if JSON.value:
     with open(JSON.value, "w") as f:
       json.dump(report, f, indent=2)

@@ -19,6 +19,7 @@ from absl import app, flags
 
 import seqjax
 from seqjax import checkpoint, experiment, models, plots, train
+from seqjax.settings import check_int
 from seqjax.tasks import copy as copy_task
 
 WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's folder.", required=True)
@@ -54,10 +55,9 @@ def length_table(lengths, correct, T, bins=10):
 def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if NUM_EXAMPLES.value < 1:
-    sys.exit(f"error: --num_examples={NUM_EXAMPLES.value}: must be >= 1")
   workdir = WORKDIR.value
   try:
+    check_int("num_examples", NUM_EXAMPLES.value)
     cfg, tcfg, params = experiment.load(workdir)
   except (experiment.RunError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")

@@ -20,7 +20,11 @@ from seqjax.report import main_metric
 from seqjax.settings import RunError, Settings, run_axis, train_config, validate
 from seqjax.workdir import Folders, load
 
-__all__ = ["RunError", "Settings", "Stopped", "load", "main_metric", "run", "validate"]
+__all__ = ["Diverged", "RunError", "Settings", "Stopped", "load", "main_metric", "run", "validate"]
+
+
+class Diverged(RunError):
+  """Some runs of a group diverged (frozen at their last good checkpoint); the others finished."""
 
 
 class Stopped(KeyboardInterrupt):
@@ -172,9 +176,9 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
       elif time.time() - t_print > progress_secs:
         rate = interval_steps / max(time.time() - t_interval, 1e-9)
         eta = (s.num_steps - step) / max(rate, 1e-9)
-        latest = [losses[i][-1] for i in live() if losses[i]] or [math.nan]
-        log(f"step {step}/{s.num_steps}  loss {_spread(latest)}  {rate:.1f} steps/s  "
-            f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        latest = [losses[i][-1] for i in live() if losses[i]]
+        log(f"step {step}/{s.num_steps}  " + (f"loss {_spread(latest)}  " if latest else "")
+            + f"{rate:.1f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
         t_print = time.time()
     if signum and step < s.num_steps:
       if pending is not None:
@@ -187,7 +191,7 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
   folders.finish(rows, f"{tcfg.cell.name} on {task.name} (T={task.seq_len})", metric,
                  threshold=target[2] if target[0] == metric else None)
   if diverged:
-    raise RunError(f"{len(diverged)} of {R} runs diverged ("
+    raise Diverged(f"{len(diverged)} of {R} runs diverged ("
                    + ", ".join(f"{names[i]} at step {k}" for i, k in sorted(diverged.items()))
                    + f"); the others finished; results in {s.workdir}")
   return {r.workdir: rows[i] for i, r in enumerate(runs)}
