@@ -41,7 +41,7 @@ def parse_list(flag: str, values, kind=str, choices=None, minimum=None) -> tuple
     if choices is not None:
       check(v in choices, flag, shown, f"{v!r} is not one of {', '.join(choices)}")
     if minimum is not None:
-      check_int(flag, v, minimum)
+      check_int(flag, v, minimum, shown)
   return out
 
 

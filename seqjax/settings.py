@@ -146,9 +146,11 @@ def _is_int(v):
   return isinstance(v, int) and not isinstance(v, bool)
 
 
-def check_int(flag, value, minimum=1):
-  """The one integer check of the launcher and the runner: an int >= minimum."""
-  check(_is_int(value) and value >= minimum, flag, value, f"must be an integer >= {minimum}")
+def check_int(flag, value, minimum=1, shown=None):
+  """The one integer check of the launcher and the runner: an int >= minimum (`shown`: the
+  flag's whole value, when value is one item of a list)."""
+  check(_is_int(value) and value >= minimum, flag, value if shown is None else shown,
+        f"must be an integer >= {minimum}")
   return value
 
 

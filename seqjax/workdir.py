@@ -111,18 +111,18 @@ class Folders:
       checkpoint.write_atomic(os.path.join(self.settings.workdir, GROUP_CONFIG),
                               json.dumps(dict(self.settings.recorded(), **extra), indent=2) + "\n")
 
-  def save(self, state: train.GroupState, rows, diverged, metrics_too=True) -> None:
-    """Checkpoints (NumPy `state`): each live run's own, then the group's; a diverged run keeps
-    its last good checkpoint."""
+  def save(self, state: train.GroupState, rows, diverged) -> None:
+    """Checkpoints (NumPy `state`): the group's first (what the group resumes from, so a kill
+    in between leaves runs that are only behind it), then each live run's own and its metrics;
+    a diverged run keeps its last good checkpoint."""
     if not self.lead:
       return
-    for i, run in enumerate(self.runs):
-      if metrics_too:
-        write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), rows[i])
-      if i not in diverged:
-        checkpoint.save(checkpoint.path_in(run.workdir), _run_slice(state.runs, i))
     if self.group_ckpt:
       checkpoint.save(self.group_ckpt, state)
+    for i, run in enumerate(self.runs):
+      write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), rows[i])
+      if i not in diverged:
+        checkpoint.save(checkpoint.path_in(run.workdir), _run_slice(state.runs, i))
 
   def finish(self, rows, title: str, metric: str, threshold=None) -> None:
     """Each run's curves.png; a group's curves.png (mean and min-max band over seeds, a colour
