@@ -153,8 +153,8 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
     return [rows[i][-1] for i in live()]
 
   log(f"{task.name} T={task.seq_len} | {tcfg.cell.name} H={s.hidden_size} x{s.num_layers} | "
-      f"batch {s.batch_size} | {R} run(s) | {mesh.size} {jax.default_backend()} device(s) "
-      f"({axis}), {jax.process_count()} process(es) | workdir {s.workdir}")
+      f"batch {s.batch_size} | {R} run(s) | {mesh.size} {jax.default_backend()} device(s), "
+      f"{jax.process_count()} process(es) | {axis} axis | workdir {s.workdir}")
   with _StopOnSignal() as stop:
     while step < s.num_steps and live() and not (signum := stop.agreed()):
       state, metrics = train_step(state, seeds)

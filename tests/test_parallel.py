@@ -100,7 +100,8 @@ def test_a_group_on_four_devices_gives_the_one_device_losses(tmp_path):
   out_runs, _ = _finish(runs)
   data = _launch(tmp_path / "data", "--seeds=0,1,2")  # 3 runs: each batch split over 4 devices
   out_data, _ = _finish(data)
-  assert "4 cpu device(s) (runs)" in out_runs and "4 cpu device(s) (data)" in out_data
+  assert "4 cpu device(s), 1 process(es) | runs axis" in out_runs
+  assert "4 cpu device(s), 1 process(es) | data axis" in out_data
   assert "1 cpu device(s)" in out_one
   reference = _group_losses(tmp_path / "one", range(4))
   for workdir, seeds in ((tmp_path / "runs", range(4)), (tmp_path / "data", range(3))):
