@@ -10,8 +10,9 @@ GRU / RNN (on CUDA when JAX runs on a GPU and torch sees one), and on a GPU cuDN
 jax.experimental.rnn (--anchors=cudnn). Ratios are anchor time / seqjax time (> 1: seqjax is faster). --memory adds XLA's
 compiled temp-memory figure of the seqjax train step for several T, with and without remat.
 --runs=1,2,8 adds a table: one train step of N runs trained as one program (the one-run step
-vmapped over a leading runs axis of params, Adam state and data, as launch.main --seeds does)
-against N times one run, interleaved in the same process.
+mapped over a leading runs axis of params, Adam state and data, as launch.main --seeds does:
+jax.vmap, and jax.lax.map one run at a time, the runner's choice on CPU) against N times one
+run, interleaved in the same process.
 """
 
 import json
@@ -183,8 +184,8 @@ def memory_table(cell, lengths):
 
 
 def runs_table(cell, counts):
-  """ms per train step of N vmapped runs (own params, Adam state and batch each) and the ratio
-  time(N) / (N * time(1 run)); the one-run step is timed interleaved with the others."""
+  """ms per train step of N runs (own params, Adam state and batch each), vmapped and looped,
+  and the ratios time(N) / (N * time(1 run)); the one-run step is timed interleaved with them."""
   from seqjax import train
   B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
   tx = optax.adam(1e-3)
@@ -203,24 +204,31 @@ def runs_table(cell, counts):
     xs = jax.random.normal(jax.random.key(1), (n, B, T, F), jnp.float32)
     if n == 1:  # the plain one-run program, no runs axis
       state, xs = jax.tree.map(lambda x: x[0], state), xs[0]
-    box[n] = state
-    steps[n] = (jax.jit(one if n == 1 else train.over_runs(one, n), donate_argnums=0), xs)
+    for looped in ((False,) if n == 1 else (False, True)):
+      box[n, looped] = jax.tree.map(jnp.copy, state)
+      steps[n, looped] = (jax.jit(one if n == 1 else train.over_runs(one, n, one_at_a_time=looped),
+                                  donate_argnums=0), xs)
 
-  def timed(n):
-    step, xs = steps[n]
-    box[n] = step(box[n], xs)
-    jax.block_until_ready(box[n])
+  def timed(key):
+    step, xs = steps[key]
+    box[key] = step(box[key], xs)
+    jax.block_until_ready(box[key])
 
-  for n in steps:
-    timed(n); timed(n)
-  times = {n: [] for n in steps}
+  for key in steps:
+    timed(key); timed(key)
+  times = {key: [] for key in steps}
   for _ in range(REPEATS.value):
-    for n in steps:
-      times[n].append(_time(lambda: timed(n)))
-  base = statistics.median(times[1])
-  return [{"runs": n, "ms": 1000 * statistics.median(ts),
-           "ratio_to_n_single_runs": statistics.median(ts) / (n * base)}
-          for n, ts in times.items() if n in counts]
+    for key in steps:
+      times[key].append(_time(lambda: timed(key)))
+  med = {key: statistics.median(ts) for key, ts in times.items()}
+  return [{"runs": n, "ms_vmap": 1000 * med[n, False], "ms_loop": 1000 * med[n, n > 1],
+           "ratio_vmap": med[n, False] / (n * med[1, False]),
+           "ratio_loop": med[n, n > 1] / (n * med[1, False])} for n in counts]
+
+
+def train_runs_looped():
+  from seqjax import train
+  return train.runs_one_at_a_time(runs_spread_over_devices=False)
 
 
 def main(argv):
@@ -319,9 +327,12 @@ def main(argv):
       print(f"{row['T']:8d} {mib[0]:>10s} {mib[1]:>10s}")
   if RUNS.value:
     report["runs"] = runs_table(cell, counts)
-    print(f"{'runs N':>7s} {'ms/step':>9s} {'time(N) / (N x time(1))':>24s}")
+    print(f"time(N runs) / (N x time(1 run)), {jax.default_backend()}; the runner's way here: "
+          f"{'loop' if train_runs_looped() else 'vmap'}")
+    print(f"{'runs N':>7s} {'vmap ms':>9s} {'ratio':>6s} {'loop ms':>9s} {'ratio':>6s}")
     for row in report["runs"]:
-      print(f"{row['runs']:7d} {row['ms']:9.1f} {row['ratio_to_n_single_runs']:24.3f}")
+      print(f"{row['runs']:7d} {row['ms_vmap']:9.1f} {row['ratio_vmap']:6.3f} "
+            f"{row['ms_loop']:9.1f} {row['ratio_loop']:6.3f}")
   if JSON.value:
     with open(JSON.value, "w") as f:
       json.dump(report, f, indent=2)

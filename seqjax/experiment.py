@@ -107,8 +107,9 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
       task.held_out(train.eval_key(runs[0].seed), size) if shared else
       _stacked([task.held_out(train.eval_key(r.seed), size) for r in runs]),
       parallel.replicated(mesh) if shared else placed)
-  train_step = train.make_group_step(tcfg, R, placed, parallel.replicated(mesh))
-  evaluate = train.make_group_evaluate(tcfg, R, shared, parallel.replicated(mesh))
+  one_at_a_time = train.runs_one_at_a_time(axis == parallel.RUNS)
+  train_step = train.make_group_step(tcfg, R, placed, parallel.replicated(mesh), one_at_a_time)
+  evaluate = train.make_group_evaluate(tcfg, R, shared, parallel.replicated(mesh), one_at_a_time)
   metric, live = main_metric(task), lambda: [i for i in range(R) if i not in diverged]
   wall_offset = [(report.evaluations(r) or [{"wall_time": 0.0}])[-1]["wall_time"] for r in rows]
   t_start = t_interval = t_print = time.time()

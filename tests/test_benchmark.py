@@ -28,8 +28,9 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
   assert memory[1024]["remat"] < memory[1024]["plain"]
   assert "seqjax gru" in out.stdout and "anchor/seqjax" in out.stdout
   one, three = report["runs"]  # time(N) / (N * time(1 run)), the one-run step timed alongside
-  assert (one["runs"], three["runs"]) == (1, 3) and one["ratio_to_n_single_runs"] == 1.0
-  assert abs(three["ratio_to_n_single_runs"] - three["ms"] / (3 * one["ms"])) < 1e-9
+  assert (one["runs"], three["runs"]) == (1, 3) and one["ratio_vmap"] == one["ratio_loop"] == 1.0
+  for way in ("vmap", "loop"):
+    assert abs(three[f"ratio_{way}"] - three[f"ms_{way}"] / (3 * one["ms_vmap"])) < 1e-9
   bad = subprocess.run([sys.executable, "-m", "launch.benchmark", "--runs=2,0"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "--runs=2,0: must be an integer >= 1" in bad.stderr
