@@ -2,7 +2,6 @@
 of `seqjax.settings.Settings`, so every default, help text and list of allowed values is written
 once, there."""
 
-import dataclasses
 import sys
 
 from absl import flags
@@ -45,9 +44,8 @@ def parse_list(flag: str, values, kind=str, choices=None, minimum=None) -> tuple
   return out
 
 
-def settings(**overrides) -> Settings:
-  """The Settings of the flags (list flags parsed), with `overrides` for what a program sets
-  itself; task defaults filled and every value checked."""
+def settings() -> Settings:
+  """The Settings of the flags (list flags parsed), task defaults filled."""
   values = {}
   for name, holder in HOLDERS.items():
     value = holder.value
@@ -55,7 +53,7 @@ def settings(**overrides) -> Settings:
     if kind in ("ints", "floats") and value is not None:
       value = parse_list(name, value, int if kind == "ints" else float)
     values[name] = value
-  return dataclasses.replace(Settings(**values), **overrides).resolved()
+  return Settings(**values).resolved()
 
 
 DISTRIBUTED = flags.DEFINE_boolean("distributed", False,

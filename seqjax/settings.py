@@ -224,7 +224,8 @@ def validate(s: Settings) -> tasks.Task:
 
 
 def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
-  """What the step functions close over (mesh: the `data` mesh splitting each batch, if any)."""
+  """What the step functions close over (mesh: the `data` mesh splitting each batch, if any).
+  A group has no one learning rate: each run's own goes into its optimizer state."""
   cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
                    dtype=DTYPES[s.dtype])
   return train.Config(cell=cell, task=task, mesh=mesh, readout=s.readout,
