@@ -46,7 +46,8 @@ def load(workdir: str):
     if not os.path.exists(path):
       raise RunError(f"--workdir={workdir}: no {os.path.basename(path)} (not a trained run)")
   try:
-    s = _settings_from(read_json(config_path)).resolved()
+    # the devices it trained on say nothing about the ones here
+    s = dataclasses.replace(_settings_from(read_json(config_path)), num_devices=None).resolved()
   except TypeError as e:
     raise RunError(f"{config_path} is unreadable ({e})") from None
   tcfg = train_config(s, validate(s))
