@@ -11,6 +11,10 @@ GRU / RNN (on CUDA when JAX runs on a GPU and torch sees one), and on a GPU cuDN
 jax.experimental.rnn (--anchors=cudnn). Ratios are anchor time / seqjax time (> 1: seqjax is faster). --memory adds XLA's
 compiled temp-memory figure of the seqjax train step (models.apply, squared loss, backward, Adam;
 outputs read at the last step and at every step) for several T, with and without remat.
+--runs=1,2,8 adds a table: one train step of N runs trained as one program (the one-run step
+mapped over a leading runs axis of params, Adam state and data, as launch.main --seeds does:
+jax.vmap, and jax.lax.map one run at a time, the runner's choice on CPU) against N times one
+run, interleaved in the same process.
 """
 
 import json
@@ -54,6 +58,7 @@ ANCHORS = flags.DEFINE_list("anchors", ["flax", "torch", "cudnn"],
                             "Anchors to time: flax, torch, cudnn (GPU, lstm only); empty: none.")
 MEMORY = flags.DEFINE_list("memory", [], "Sequence lengths for the memory table, e.g. 1000,10000,100000.")
 JSON = flags.DEFINE_string("json", None, "Also write the results as JSON to this file.")
+RUNS = flags.DEFINE_list("runs", [], "Run counts N for the many-runs table, e.g. 1,2,8.")
 
 FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}
 TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
@@ -198,8 +203,63 @@ def memory_table(cell, lengths):
   return rows
 
 
+def runs_table(cell, counts):
+  """ms per train step of N runs (own params, Adam state and batch each), vmapped and looped,
+  and the ratios time(N) / (N * time(1 run)); the one-run step is timed interleaved with them."""
+  from seqjax import train
+  B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
+  tx = optax.adam(1e-3)
+
+  def one(state, xs):
+    params, opt_state = state
+    grads = jax.grad(lambda p: _loss(models.readout(p, seqjax.scan(cell, p["cell"], xs)[1])))(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  box, steps = {}, {}
+  for n in sorted(set([1] + counts)):
+    keys = jax.random.split(jax.random.key(0), n)
+    params = [models.init(cell, k, F, 1) for k in keys]
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *[(p, tx.init(p)) for p in params])
+    xs = jax.random.normal(jax.random.key(1), (n, B, T, F), jnp.float32)
+    if n == 1:  # the plain one-run program, no runs axis
+      state, xs = jax.tree.map(lambda x: x[0], state), xs[0]
+    for looped in ((False,) if n == 1 else (False, True)):
+      box[n, looped] = jax.tree.map(jnp.copy, state)
+      steps[n, looped] = (jax.jit(one if n == 1 else train.over_runs(one, n, one_at_a_time=looped),
+                                  donate_argnums=0), xs)
+
+  def timed(key):
+    step, xs = steps[key]
+    box[key] = step(box[key], xs)
+    jax.block_until_ready(box[key])
+
+  for key in steps:
+    timed(key); timed(key)
+  times = {key: [] for key in steps}
+  for _ in range(REPEATS.value):
+    for key in steps:
+      times[key].append(_time(lambda: timed(key)))
+  med = {key: statistics.median(ts) for key, ts in times.items()}
+  return [{"runs": n, "ms_vmap": 1000 * med[n, False], "ms_loop": 1000 * med[n, n > 1],
+           "ratio_vmap": med[n, False] / (n * med[1, False]),
+           "ratio_loop": med[n, n > 1] / (n * med[1, False])} for n in counts]
+
+
+def train_runs_looped():
+  from seqjax import train
+  return train.runs_one_at_a_time(runs_spread_over_devices=False)
+
+
 def main(argv):
   del argv
+  if RUNS.value:
+    from launch.flags import parse_list
+    from seqjax.settings import RunError
+    try:
+      counts = list(parse_list("runs", RUNS.value, int, minimum=1))
+    except RunError as e:
+      sys.exit(f"error: {e}")
   name = CELL.value
   B, T, F = BATCH.value, SEQ_LEN.value, INPUT.value
   xs = jax.random.normal(jax.random.key(1), (B, T, F), jnp.float32)
@@ -291,6 +351,14 @@ def main(argv):
     for row in report["memory"]:
       mib = ["no compile" if row[k] is None else f"{row[k] / 2**20:.1f}" for k in keys]
       print(f"{row['T']:8d} {mib[0]:>10s} {mib[1]:>10s} | {mib[2]:>10s} {mib[3]:>10s}")
+  if RUNS.value:
+    report["runs"] = runs_table(cell, counts)
+    print(f"time(N runs) / (N x time(1 run)), {jax.default_backend()}; the runner's way here: "
+          f"{'loop' if train_runs_looped() else 'vmap'}")
+    print(f"{'runs N':>7s} {'vmap ms':>9s} {'ratio':>6s} {'loop ms':>9s} {'ratio':>6s}")
+    for row in report["runs"]:
+      print(f"{row['runs']:7d} {row['ms_vmap']:9.1f} {row['ratio_vmap']:6.3f} "
+            f"{row['ms_loop']:9.1f} {row['ratio_loop']:6.3f}")
   if JSON.value:
     with open(JSON.value, "w") as f:
       json.dump(report, f, indent=2)

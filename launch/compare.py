@@ -2,80 +2,74 @@
 
   python -m launch.compare --task=adding --seq_len=100 --models=rwa,lstm --seeds=0,1,2
   python -m launch.compare --task=binary_addition --models=lstm --bit_orders=lsb_first,msb_first
-  python -m launch.compare --task=adding --models=rwa,lstm --num_layers=1,2
+  python -m launch.compare --task=adding --models=rwa,lstm --num_layers=1,2 --learning_rates=1e-3,3e-3
 
-Each configuration runs in its own workdir under --workdir (so a comparison resumes like a run),
-then `compare.png` (eval metric vs step: mean and min-max band over seeds) and `results.md`
-(steps to the paper's threshold, final metrics, wall time; generated from the runs' metrics)
-are written there. All other flags are launch.main's.
+Each (model, layers, bit order, readout) configuration trains its runs (--seeds x
+--learning_rates) at once, as one program, in its own folder under --workdir (default
+runs/compare-<task>-T<T>), one subfolder per run, so a comparison resumes like a run. Then
+`compare.png` (eval metric vs step: mean and min-max band over seeds) and `results.md` (steps to
+the paper's threshold, final metrics, wall time; from the runs' metrics) are written there. All
+other flags are launch.main's.
 """
 
+import dataclasses
 import itertools
 import os
 
 from absl import app, flags
 
 from launch import flags as run_flags
-from seqjax import cells, checkpoint, experiment, plots, report
+from seqjax import cells, checkpoint, experiment, models, plots, report
+from seqjax.tasks.binary_addition import BIT_ORDERS as ORDERS
 
+run_flags.define_settings(skip=("model", "bit_order", "num_layers", "readout"))
 MODELS = flags.DEFINE_list("models", ["rwa", "lstm"], f"Cells to compare: {', '.join(cells.NAMES)}.")
 BIT_ORDERS = flags.DEFINE_list("bit_orders", ["lsb_first"],
-                               "binary_addition: lsb_first and/or msb_first.")
+                               f"binary_addition: {' and/or '.join(ORDERS)}.")
 NUM_LAYERS = flags.DEFINE_list("num_layers", ["1"], "Layer counts to compare, e.g. 1,2.")
-SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds per configuration (the figure shows the spread).")
-WORKDIR = flags.DEFINE_string("workdir", None, "Root folder (default: runs/compare-<task>-T<T>).")
-
-
-def _ints(flag, values, minimum):
-  try:
-    out = [int(v) for v in values]
-  except ValueError:
-    out = []
-  if not out or min(out) < minimum:
-    raise experiment.RunError(f"--{flag}={','.join(values)}: a list of integers >= {minimum}")
-  return out
+READOUTS = flags.DEFINE_list("readouts", ["linear"],
+                             f"Readouts to compare: {', '.join(models.READOUTS)}.")
 
 
 def configurations():
-  """(label, [RunConfig per seed]) for every model x layers x bit order; validated up front."""
-  for model in MODELS.value:
-    if model not in cells.NAMES:
-      raise experiment.RunError(f"--models={','.join(MODELS.value)}: {model!r} is not one of "
-                                f"{', '.join(cells.NAMES)}")
-  for order in BIT_ORDERS.value:
-    if order not in ("lsb_first", "msb_first"):
-      raise experiment.RunError(f"--bit_orders={','.join(BIT_ORDERS.value)}: allowed "
-                                "lsb_first, msb_first")
-  layers = _ints("num_layers", NUM_LAYERS.value, 1)
-  seeds = _ints("seeds", SEEDS.value, 0)
-  orders = BIT_ORDERS.value if run_flags.TASK.value == "binary_addition" else ["lsb_first"]
-  probe = run_flags.run_config(MODELS.value[0], orders[0], layers[0], seeds[0])
-  root = WORKDIR.value or f"runs/compare-{probe.task}-T{probe.seq_len}"
+  """(root, [(label, group Settings)], metric) for every model x layers x bit order x readout;
+  every setting checked before anything runs."""
+  names = run_flags.parse_list("models", MODELS.value, choices=cells.NAMES)
+  orders = run_flags.parse_list("bit_orders", BIT_ORDERS.value, choices=ORDERS)
+  layers = run_flags.parse_list("num_layers", NUM_LAYERS.value, int, minimum=1)
+  readouts = run_flags.parse_list("readouts", READOUTS.value, choices=models.READOUTS)
+  base = run_flags.settings()
+  if not base.is_group:  # a comparison is always of groups (one seed at least)
+    base = dataclasses.replace(base, seeds=(base.seed,), seed=None)
+  root = run_flags.HOLDERS["workdir"].value or f"runs/compare-{base.task}-T{base.seq_len}"
   groups = []
-  for model, n, order in itertools.product(MODELS.value, layers, orders):
+  for model, n, order, readout in itertools.product(names, layers, orders, readouts):
     label = model + (f" x{n}" if len(layers) > 1 or n > 1 else "")
     label += f" {order}" if len(orders) > 1 else ""
-    runs = []
-    for seed in seeds:
-      name = label.replace(" ", "-") + f"-s{seed}"
-      cfg = run_flags.run_config(model, order, n, seed, os.path.join(root, name))
-      task = experiment.validate(cfg)
-      runs.append(cfg)
-    groups.append((label, runs))
+    label += f" {readout}" if len(readouts) > 1 else ""
+    group = dataclasses.replace(base, model=model, num_layers=n, bit_order=order, readout=readout,
+                                workdir=os.path.join(root, label.replace(" ", "-"))).resolved()
+    task = experiment.validate(group)
+    groups.append((label, group))
   return root, groups, experiment.main_metric(task)
 
 
 def main(argv):
   def compare():
     root, groups, metric = configurations()
-    curves, workdirs = {}, []
-    for label, runs in groups:
-      curves[label] = []
-      for cfg in runs:
-        run_flags.log(f"== {label}, seed {cfg.seed}: {cfg.workdir}")
-        curves[label].append(experiment.run(cfg, log=run_flags.log))
-        workdirs.append(cfg.workdir)
-    first = groups[0][1][0]
+    curves, workdirs, failed = {}, [], []
+    for label, group in groups:
+      run_flags.log(f"== {label}: {group.workdir}")
+      try:
+        results = experiment.run(group, log=run_flags.log)
+      except experiment.Diverged as e:
+        failed.append(f"{label}: {e}")
+        results = {r.workdir: report.read_run(r.workdir)[1] for r in group.runs()}
+      for run in group.runs():
+        key = label + (f" lr {run.learning_rate:g}" if group.learning_rates else "")
+        curves.setdefault(key, []).append(report.evaluations(results[run.workdir]))
+        workdirs.append(run.workdir)
+    first = groups[0][1]
     target = report.threshold(first.task, first.seq_len)
     plots.compare_curves(curves, os.path.join(root, "compare.png"),
                          f"{first.task} (T={first.seq_len}, H={first.hidden_size})", metric,
@@ -84,8 +78,11 @@ def main(argv):
     checkpoint.write_atomic(os.path.join(root, "results.md"), table + "\n")
     run_flags.log(table)
     run_flags.log(f"figure: {os.path.join(root, 'compare.png')}")
+    if failed:
+      raise experiment.RunError("; ".join(failed))
 
   run_flags.run_or_exit(argv, compare)
+
 
 if __name__ == "__main__":
   app.run(main)

@@ -20,6 +20,7 @@ import sys
 from absl import app, flags
 
 from seqjax import checkpoint, experiment, introspect
+from seqjax.settings import check_int
 
 WORKDIR = flags.DEFINE_string("workdir", None, "A trained run's folder.")
 WORKDIRS = flags.DEFINE_list("workdirs", None,
@@ -36,13 +37,12 @@ def main(argv):
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   if (WORKDIR.value is None) == (not WORKDIRS.value):
     sys.exit("error: give exactly one of --workdir=RUN and --workdirs=RUN1,RUN2,...")
-  for flag, value in (("num_examples", NUM_EXAMPLES.value), ("top_units", TOP_UNITS.value)):
-    if value < 1:
-      sys.exit(f"error: --{flag}={value}: must be >= 1")
   workdirs = [WORKDIR.value] if WORKDIR.value is not None else WORKDIRS.value
   if len(set(workdirs)) != len(workdirs):
     sys.exit(f"error: --workdirs={','.join(workdirs)}: a run is listed twice")
   try:
+    check_int("num_examples", NUM_EXAMPLES.value)
+    check_int("top_units", TOP_UNITS.value)
     _, written = introspect.inspect_runs(workdirs, OUTPUT.value, NUM_EXAMPLES.value,
                                          TOP_UNITS.value)
   except (experiment.RunError, checkpoint.CheckpointError) as e:

@@ -1,30 +1,22 @@
 """Train a recurrent net on a task: `python -m launch.main --model=rwa --task=adding --seq_len=1000`.
 
-Intentionally kept short: shared flags are in launch/flags.py, the run loop in
-seqjax/experiment.py.
+`--seeds=0,1,2` and/or `--learning_rates=0.001,0.003` train every (seed, learning rate) run at once,
+as one compiled program, each run in its own subfolder of --workdir.
+
+Intentionally kept short: the flags are built from seqjax/settings.py (launch/flags.py), the run
+loop is seqjax/experiment.py.
 """
 
-from absl import app, flags
+from absl import app
 
 from launch import flags as run_flags
-from seqjax import cells, experiment
+from seqjax import experiment
 
-MODEL = flags.DEFINE_enum("model", "rwa", list(cells.NAMES), "Recurrent cell.")
-BIT_ORDER = flags.DEFINE_enum("bit_order", "lsb_first", ["lsb_first", "msb_first"],
-                              "binary_addition: which end of the numbers comes first.")
-NUM_LAYERS = flags.DEFINE_integer("num_layers", 1, "Stacked recurrent layers.")
-SEED = flags.DEFINE_integer("seed", 0, "Seed for params, data stream and eval set.")
-WORKDIR = flags.DEFINE_string("workdir", None,
-                              "Output folder (default: runs/<task>-<model>-T<seq_len>-s<seed>).")
+run_flags.define_settings()
 
 
 def main(argv):
-  def train():
-    cfg = run_flags.run_config(MODEL.value, BIT_ORDER.value, NUM_LAYERS.value, SEED.value,
-                               WORKDIR.value)
-    experiment.run(cfg, log=run_flags.log)
-
-  run_flags.run_or_exit(argv, train)
+  run_flags.run_or_exit(argv, lambda: experiment.run(run_flags.settings(), log=run_flags.log))
 
 
 if __name__ == "__main__":

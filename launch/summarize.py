@@ -22,7 +22,13 @@ FIGURE = flags.DEFINE_string("figure", None, "Also draw the runs' eval curves in
 
 
 def main(argv):
-  workdirs = argv[1:]
+  try:
+    _summarize(argv[1:])
+  except report.RunError as e:
+    sys.exit(f"error: {e}")
+
+
+def _summarize(workdirs):
   missing = [w for w in workdirs if not os.path.exists(os.path.join(w, "metrics.jsonl"))]
   if not workdirs or missing:
     sys.exit(f"error: give workdirs of finished runs; no metrics.jsonl in {missing or '(none given)'}")
@@ -34,14 +40,14 @@ def main(argv):
     print(report.summary_table(workdirs, METRICS.value))
   if FIGURE.value:
     runs = [report.read_run(w) for w in workdirs]
-    tasks = {(c["task"], c["seq_len"]) for c, _ in runs}
+    tasks = {(c["task"], c["seq_len"]) for c, _, _ in runs}
     if len(tasks) != 1:
       sys.exit(f"error: --figure needs runs of one task and length; got {sorted(tasks)}")
     (task, seq_len), = tasks
     rule_metric, _, value = report.threshold(task, seq_len)
     metric = (METRICS.value or [rule_metric or "loss"])[0]
     plots.compare_curves({os.path.basename(os.path.normpath(w)): [rows]
-                          for w, (_, rows) in zip(workdirs, runs)}, FIGURE.value,
+                          for w, (_, rows, _) in zip(workdirs, runs)}, FIGURE.value,
                          f"{task} (T={seq_len})", metric,
                          threshold=value if metric == rule_metric else None)
     print(f"figure: {FIGURE.value}")

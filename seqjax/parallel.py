@@ -1,6 +1,9 @@
 """Data parallelism with jax.sharding: the batch is split along a `data` mesh axis, everything
 else is replicated, and the compiler inserts the gradient all-reduce (nothing by hand).
 
+Several runs trained as one program (a leading `runs` axis on every array of their state) may
+instead be spread whole over the devices along a `runs` mesh axis.
+
 Works the same for one process or several (`jax.distributed`): arrays are built as global
 arrays from values every process computes identically.
 """
@@ -12,10 +15,12 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 AXIS = "data"
+RUNS = "runs"
 
 
-def make_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
-  """A 1-D `data` mesh over the first num_devices devices of every process (None: all)."""
+def make_mesh(num_devices: Optional[int] = None, axis: str = AXIS) -> jax.sharding.Mesh:
+  """A 1-D mesh (axis `data` or `runs`) over the first num_devices devices of every process
+  (None: all)."""
   local = jax.local_device_count()
   per_process = local if num_devices is None else num_devices
   if not 1 <= per_process <= local:
@@ -25,7 +30,7 @@ def make_mesh(num_devices: Optional[int] = None) -> jax.sharding.Mesh:
     by_process.setdefault(d.process_index, []).append(d)
   devices = [d for _, devs in sorted(by_process.items()) for d in devs[:per_process]]
   # Auto axes: shardings are hints the compiler propagates (not part of the array types)
-  return jax.make_mesh((len(devices),), (AXIS,), axis_types=(jax.sharding.AxisType.Auto,),
+  return jax.make_mesh((len(devices),), (axis,), axis_types=(jax.sharding.AxisType.Auto,),
                        devices=devices)
 
 
@@ -46,10 +51,26 @@ def shard_batch(mesh, batch, batch_axis: int = 0):
 
 def put_replicated(mesh, tree):
   """A copy of `tree` on every device of the mesh (each process holds the same values)."""
-  sharding = replicated(mesh)
+  return put(tree, replicated(mesh))
 
-  def put(x):
+
+def put(tree, sharding):
+  """`tree`'s values (the same in each process) as global arrays with this sharding."""
+  def one(x):
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-  return jax.tree.map(put, tree)
+  return jax.tree.map(one, tree)
+
+
+def fetch(tree):
+  """NumPy copies of global arrays, also of those whose parts live in other processes (then
+  every process must call it: it gathers)."""
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if x.is_fully_addressable or x.is_fully_replicated:
+      return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)

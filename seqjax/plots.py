@@ -13,6 +13,14 @@ def _pyplot():
   return plt
 
 
+def _save(fig, plt, path):
+  """The one way pictures are written: PNG bytes, then an atomic replace."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  plt.close(fig)
+  write_atomic(path, buf.getvalue())
+
+
 def learning_curves(rows, path: str, title: str, metric: str) -> None:
   """rows: metrics.jsonl records. Left: train and eval loss (log scale); right: eval_<metric>."""
   plt = _pyplot()
@@ -31,10 +39,7 @@ def learning_curves(rows, path: str, title: str, metric: str) -> None:
     ax_metric.set_yscale("log")
   fig.suptitle(title)
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  write_atomic(path, buf.getvalue())
+  _save(fig, plt, path)
 
 
 def compare_curves(groups, path: str, title: str, metric: str, threshold=None) -> None:
@@ -61,17 +66,7 @@ def compare_curves(groups, path: str, title: str, metric: str, threshold=None) -
   ax.set(xlabel="training step", ylabel=f"eval {metric}", title=title)
   ax.legend()
   fig.tight_layout()
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  write_atomic(path, buf.getvalue())
-
-
-def _save(fig, plt, path):
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=100)
-  plt.close(fig)
-  write_atomic(path, buf.getvalue())
+  _save(fig, plt, path)
 
 
 def hidden_states(runs, marks, path: str, title: str) -> None:

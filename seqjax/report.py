@@ -4,6 +4,9 @@ import json
 import math
 import os
 
+from seqjax import checkpoint
+from seqjax.settings import RunError
+
 # The paper's thresholds per task: (metric, "below" | "above", value)
 THRESHOLDS = {
     "adding": ("mse", "below", 0.01),
@@ -27,12 +30,51 @@ def _rule(metric, direction, value):
   return f"{metric} {'<' if direction == 'below' else '>'} {value}"
 
 
+def read_jsonl(path: str) -> list:
+  """The rows of a JSON-lines file ([] if there is none); a bad line is named in a RunError."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          raise RunError(f"{path} line {n} is not JSON; move the file away to continue") from None
+  return rows
+
+
+def write_jsonl(path: str, rows) -> None:
+  checkpoint.write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise RunError(f"{path} is unreadable ({e}); move it away to continue") from None
+
+
+def main_metric(task) -> str:
+  """The metric a task's runs are judged by (plots, logs)."""
+  return {"copy": "bits_per_step"}.get(task.name, "accuracy" if task.classification else "mse")
+
+
+def evaluations(rows):
+  """The evaluation rows of metrics.jsonl (without a diverged run's `diverged_at_step` row)."""
+  return [r for r in rows if "diverged_at_step" not in r]
+
+
+def diverged_at(rows):
+  return next((r["diverged_at_step"] for r in rows if "diverged_at_step" in r), None)
+
+
 def read_run(workdir: str):
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = json.load(f)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  return config, rows
+  """(config, evaluation rows, diverged_at_step or None) of a run's folder."""
+  rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return read_json(os.path.join(workdir, "config.json")), evaluations(rows), diverged_at(rows)
 
 
 def steps_to_threshold(rows, metric: str, direction: str, value: float):
@@ -50,10 +92,10 @@ def steps_to_threshold(rows, metric: str, direction: str, value: float):
 def summary_table(workdirs, metrics=None) -> str:
   """A markdown table: one row per run with its settings, steps to threshold and final values."""
   runs = [read_run(w) for w in workdirs]
-  rules = [threshold(c["task"], c["seq_len"]) for c, _ in runs]
+  rules = [threshold(c["task"], c["seq_len"]) for c, _, _ in runs]
   shared = len(set(rules)) == 1  # one rule for every row: name it in the header
   lines = []
-  for workdir, (config, rows), (metric, direction, value) in zip(workdirs, runs, rules):
+  for workdir, (config, rows, diverged), (metric, direction, value) in zip(workdirs, runs, rules):
     task = config["task"]
     default = metric or next((m for m in ("accuracy", "mse") if rows and f"eval_{m}" in rows[-1]),
                              None)
@@ -66,7 +108,8 @@ def summary_table(workdirs, metrics=None) -> str:
       header += ["wall time"]
       lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     last = rows[-1] if rows else {}
-    cells = [os.path.basename(os.path.normpath(workdir)), config["model"]
+    name = os.path.basename(os.path.normpath(workdir))
+    cells = [name + (f" (diverged at step {diverged})" if diverged else ""), config["model"]
              + (f" x{config['num_layers']}" if config.get("num_layers", 1) > 1 else ""),
              task + (f" ({config['bit_order']})" if task == "binary_addition" else ""),
              str(config["seq_len"]), str(config["hidden_size"]), str(last.get("step", 0))]
@@ -90,7 +133,7 @@ def seed_table(workdirs, metrics) -> str:
   """Runs that differ only in --seed, averaged: final eval_<metric> as mean ± sd over seeds."""
   groups = {}
   for workdir in workdirs:
-    config, rows = read_run(workdir)
+    config, rows, _ = read_run(workdir)
     key = json.dumps({k: v for k, v in config.items()
                       if k not in ("seed", "workdir", "wall_time")}, sort_keys=True)
     groups.setdefault(key, (config, []))[1].append(rows[-1] if rows else {})

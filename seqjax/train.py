@@ -1,4 +1,10 @@
-"""Training and evaluation: one jitted optax step (data sampled inside it), on-device metrics."""
+"""Training and evaluation: one jitted optax step (data sampled inside it), on-device metrics.
+
+Many runs in one program: a `GroupState` holds N runs' states stacked along a leading `runs` axis,
+and the group's step is the one-run step vmapped over that axis (each run with its own seed, data
+stream and learning rate); evaluation likewise. (On CPU, where that measured slower than the runs
+one by one, the same program loops over the runs instead: `over_runs`.)
+"""
 
 from typing import Any, NamedTuple, Optional
 
@@ -29,6 +35,7 @@ class Config(NamedTuple):
   feedback: str = "teacher"  # series tasks' training inputs: teacher | free | scheduled
   teacher_forcing_decay_steps: int = 10000  # scheduled: steps over which p falls from 1 to 0
   mesh: Optional[jax.sharding.Mesh] = None  # data parallel over its `data` axis; None: 1 device
+  readout: str = "linear"  # models.READOUTS
 
 
 FEEDBACK_MODES = ("teacher", "free", "scheduled")
@@ -44,13 +51,27 @@ def teacher_forcing(cfg: Config, step):
 
 
 def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None):
-  """Adam (the paper's setting), optionally after global-norm gradient clipping."""
-  adam = optax.adam(learning_rate)
-  return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
+  """Adam (the paper's setting), optionally after global-norm gradient clipping.
+
+  The learning rate is data in the optimizer state (optax.inject_hyperparams), so runs with
+  different rates share one program; `set_learning_rate` changes it.
+  """
+  def adam(learning_rate):
+    adam = optax.adam(learning_rate)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
+
+  return optax.inject_hyperparams(adam)(learning_rate=learning_rate)
+
+
+def set_learning_rate(state: TrainState, learning_rate) -> TrainState:
+  opt_state = state.opt_state
+  hyperparams = dict(opt_state.hyperparams, learning_rate=jnp.asarray(learning_rate, jnp.float32))
+  return state._replace(opt_state=opt_state._replace(hyperparams=hyperparams))
 
 
 def init_state(cfg: Config, key) -> TrainState:
-  params = models.init(cfg.cell, key, cfg.task.input_size, cfg.task.output_size)
+  params = models.init(cfg.cell, key, cfg.task.input_size, cfg.task.output_size,
+                       readout=cfg.readout)
   return TrainState(jnp.zeros((), jnp.int32), params, cfg.optimizer.init(params))
 
 
@@ -85,13 +106,19 @@ def param_key(seed: int):
 
 
 def make_train_step(cfg: Config, seed: int):
-  """state -> (state, metrics): samples its batch, steps the optimizer; donates `state`.
+  """state -> (state, metrics): samples its batch, steps the optimizer; donates `state`."""
+  step = one_run_step(cfg)
+  return jax.jit(lambda state: step(state, seed), donate_argnums=0)
+
+
+def one_run_step(cfg: Config):
+  """(state, seed) -> (state, metrics), not jitted: one run's step, its batch drawn from the
+  seed's data stream at index state.step.
 
   Series tasks with feedback "free" or "scheduled" train through the closed loop: the model's
   own predictions are fed back (with probability 1 - p per sequence and step), and the gradient
   flows through them.
   """
-  stream = data_key(seed)
 
   def loss_fn(params, batch, p, key):
     if cfg.feedback == "teacher":
@@ -103,8 +130,8 @@ def make_train_step(cfg: Config, seed: int):
     values = cfg.task.losses(preds, batch)
     return jnp.mean(values["loss"]), values
 
-  def train_step(state: TrainState):
-    key = jax.random.fold_in(stream, state.step)
+  def train_step(state: TrainState, seed):
+    key = jax.random.fold_in(data_key(seed), state.step)
     batch = parallel.shard_batch(cfg.mesh, cfg.task.sample(key, cfg.batch_size))
     p = teacher_forcing(cfg, state.step)
     (loss, values), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -116,10 +143,15 @@ def make_train_step(cfg: Config, seed: int):
       metrics["teacher_forcing"] = p
     return TrainState(state.step + 1, params, opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  return train_step
 
 
 def make_evaluate(cfg: Config):
+  """(params, held_out) -> mean of every per-example metric over the whole held-out set."""
+  return jax.jit(evaluate_fn(cfg))
+
+
+def evaluate_fn(cfg: Config):
   """(params, held_out) -> mean of every per-example metric over the whole held-out set.
 
   The set is evaluated in chunks of batch_size (the last one padded and masked out), so any
@@ -150,4 +182,77 @@ def make_evaluate(cfg: Config):
       means["perplexity"] = jnp.exp(means["loss"])
     return means
 
-  return jax.jit(evaluate)
+  return evaluate
+
+
+class GroupState(NamedTuple):
+  runs: TrainState  # every leaf with a leading [R] axis, one entry per run
+  alive: jax.Array  # bool [R]: False from the step whose loss was not finite on (frozen since)
+
+
+def over_runs(fn, num_runs: int, in_axes=0, one_at_a_time: bool = False):
+  """fn mapped over the leading `runs` axis of its arguments (in_axes None: an argument every
+  run shares): jax.vmap, or with `one_at_a_time` jax.lax.map, a loop over the runs inside the
+  program (on CPU vmap's batched matmuls are slower than the runs one by one; on a GPU vmap is
+  what fills the chip). One run: fn itself on the squeezed axis, the one-run program."""
+  axes = in_axes if isinstance(in_axes, tuple) else None
+
+  def split(args):
+    return [(a, (axes or (in_axes,) * len(args))[i]) for i, a in enumerate(args)]
+
+  if num_runs > 1 and not one_at_a_time:
+    return jax.vmap(fn, in_axes=in_axes)
+  if num_runs > 1:
+    def looped(*args):
+      pairs = split(args)
+      mapped = [a for a, ax in pairs if ax is not None]
+
+      def body(items):
+        it = iter(items)
+        return fn(*[next(it) if ax is not None else a for a, ax in pairs])
+
+      return jax.lax.map(body, mapped)
+
+    return looped
+
+  def one(*args):
+    args = [a if ax is None else jax.tree.map(lambda x: x[0], a) for a, ax in split(args)]
+    return jax.tree.map(lambda x: x[None], fn(*args))
+
+  return one
+
+
+def runs_one_at_a_time(runs_spread_over_devices: bool) -> bool:
+  """The measured faster way to map a group's runs on this backend (see `over_runs`)."""
+  return jax.default_backend() == "cpu" and not runs_spread_over_devices
+
+
+def make_group_step(cfg: Config, num_runs: int, state_sharding=None, out_sharding=None,
+                    one_at_a_time: bool = False):
+  """(GroupState, seeds int32 [R]) -> (GroupState, metrics {name: [R]}); donates the state.
+
+  The one-run step mapped over the runs (`over_runs`). A run whose loss is not finite keeps the state it had
+  before that step and stays frozen; the others go on.
+  """
+  step = one_run_step(cfg)
+
+  def guarded(state, alive, seed):
+    new, metrics = step(state, seed)
+    ok = alive & jnp.isfinite(metrics["loss"])
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state), ok, metrics
+
+  def group_step(group: GroupState, seeds):
+    runs, alive, metrics = over_runs(guarded, num_runs, one_at_a_time=one_at_a_time)(
+        group.runs, group.alive, seeds)
+    return GroupState(runs, alive), metrics
+
+  shardings = None if state_sharding is None else (state_sharding, out_sharding)
+  return jax.jit(group_step, donate_argnums=0, out_shardings=shardings)
+
+
+def make_group_evaluate(cfg: Config, num_runs: int, shared_held_out: bool, out_sharding=None,
+                        one_at_a_time: bool = False):
+  """(params [R], held_out [R] or one shared set) -> {metric: [R]}."""
+  evaluate = over_runs(evaluate_fn(cfg), num_runs, in_axes=(0, None if shared_held_out else 0),
+                       one_at_a_time=one_at_a_time)
+  return jax.jit(evaluate, out_shardings=out_sharding)

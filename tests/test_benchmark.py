@@ -13,7 +13,7 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "launch.benchmark", "--cell=gru", "--batch_size=4", "--seq_len=6",
        "--hidden_size=8", "--repeats=1", "--anchors=flax", "--memory=64,1024",
-       f"--json={out_json}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+       "--runs=1,3", f"--json={out_json}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.loads(out_json.read_text())
   rows = {(r["implementation"], r["kind"]): r for r in report["rows"]}
@@ -27,3 +27,10 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
   memory = {m["T"]: m for m in report["memory"]}
   assert memory[1024]["remat"] < memory[1024]["plain"]
   assert "seqjax gru" in out.stdout and "anchor/seqjax" in out.stdout
+  one, three = report["runs"]  # time(N) / (N * time(1 run)), the one-run step timed alongside
+  assert (one["runs"], three["runs"]) == (1, 3) and one["ratio_vmap"] == one["ratio_loop"] == 1.0
+  for way in ("vmap", "loop"):
+    assert abs(three[f"ratio_{way}"] - three[f"ms_{way}"] / (3 * one["ms_vmap"])) < 1e-9
+  bad = subprocess.run([sys.executable, "-m", "launch.benchmark", "--runs=2,0"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and "--runs=2,0: must be an integer >= 1" in bad.stderr

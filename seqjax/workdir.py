@@ -1,0 +1,147 @@
+"""The files of a run: config.json, metrics.jsonl, checkpoint.msgpack, curves.png.
+
+A group of runs (many runs in one program) keeps each run in its own subfolder, written exactly as
+a single run writes its folder, and adds to the group folder: group.json (the group's settings),
+group_checkpoint.msgpack (every run's state, so the group resumes as one), curves.png and
+results.md.
+"""
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+
+from seqjax import checkpoint, plots, report, train
+from seqjax.report import read_json, read_jsonl, write_jsonl
+from seqjax.settings import RunError, Settings, train_config, validate
+
+GROUP_CONFIG, GROUP_CHECKPOINT = "group.json", "group_checkpoint.msgpack"
+# Settings a resumed run may change; any other difference means a different experiment.
+# (learning_rate: Adam's state does not depend on it, so a diverged run can go on more gently.)
+RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning_rate",
+                     "num_devices", "unroll", "remat")  # unroll, remat: speed and memory only
+
+
+def _check_same_experiment(path: str, s: Settings) -> None:
+  if os.path.exists(path):
+    previous = read_json(path)
+    for key, value in s.recorded().items():
+      if key not in RESUMABLE_CHANGES and key in previous and previous[key] != value:
+        raise RunError(f"--{key}={value}: {os.path.dirname(path)} holds a run with "
+                       f"--{key}={previous[key]}; use another --workdir")
+
+
+def _settings_from(saved: dict) -> Settings:
+  fields = {f.name for f in dataclasses.fields(Settings)}
+  return Settings(**{k: tuple(v) if isinstance(v, list) else v
+                     for k, v in saved.items() if k in fields})
+
+
+def load(workdir: str):
+  """(Settings, train.Config, params) of the run checkpointed in `workdir`."""
+  config_path, ckpt_path = os.path.join(workdir, "config.json"), checkpoint.path_in(workdir)
+  for path in (config_path, ckpt_path):
+    if not os.path.exists(path):
+      raise RunError(f"--workdir={workdir}: no {os.path.basename(path)} (not a trained run)")
+  try:
+    # the devices it trained on say nothing about the ones here
+    s = dataclasses.replace(_settings_from(read_json(config_path)), num_devices=None).resolved()
+  except TypeError as e:
+    raise RunError(f"{config_path} is unreadable ({e})") from None
+  tcfg = train_config(s, validate(s))
+  state = checkpoint.restore(ckpt_path, train.init_state(tcfg, train.param_key(s.seed)))
+  return s, tcfg, state.params
+
+
+def _run_slice(tree, i):
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+class Folders:
+  """Where a run, or each run of a group, reads and writes its files. Every check happens in
+  the constructor, before anything is written; only the lead process writes."""
+
+  def __init__(self, s: Settings, lead: bool = True):
+    self.settings, self.lead, self.runs = s, lead, s.runs()
+    self.group_ckpt = os.path.join(s.workdir, GROUP_CHECKPOINT) if s.is_group else None
+    if s.is_group:
+      _check_same_experiment(os.path.join(s.workdir, GROUP_CONFIG), s)
+    for r in self.runs:
+      _check_same_experiment(os.path.join(r.workdir, "config.json"), r)
+      if s.is_group and not os.path.exists(self.group_ckpt) and os.path.exists(
+          checkpoint.path_in(r.workdir)):
+        raise RunError(f"{checkpoint.path_in(r.workdir)} was not written by this group (no "
+                       f"{self.group_ckpt}); use another --workdir")
+
+  def names(self):
+    return [os.path.relpath(r.workdir, self.settings.workdir) for r in self.runs]
+
+  def restore(self, fresh: train.GroupState):
+    """(state, rows per run, {run index: diverged_at_step}) to start from: `fresh` or the last
+    checkpoint, with each run's learning rate as its settings say."""
+    state, step = fresh, 0
+    ckpt = self.group_ckpt or checkpoint.path_in(self.runs[0].workdir)
+    if os.path.exists(ckpt):
+      if self.group_ckpt:
+        state = checkpoint.restore(ckpt, fresh)
+      else:
+        run = checkpoint.restore(ckpt, _run_slice(fresh.runs, 0))
+        state = fresh._replace(runs=jax.tree.map(lambda x: np.asarray(x)[None], run))
+      step = int(np.max(state.runs.step))
+    rows = [[r for r in read_jsonl(os.path.join(run.workdir, "metrics.jsonl")) if r["step"] <= step]
+            if step else [] for run in self.runs]
+    diverged = {i: r["diverged_at_step"] for i, run_rows in enumerate(rows) for r in run_rows
+                if "diverged_at_step" in r}
+    alive = np.asarray(state.alive) & ~np.isin(np.arange(len(self.runs)), list(diverged))
+    rates = np.asarray([r.learning_rate for r in self.runs], np.float32)
+    runs = train.set_learning_rate(state.runs, rates)
+    return train.GroupState(runs, alive), rows, diverged
+
+  def start(self, rows, **extra) -> None:
+    """config.json of each run (and group.json), metrics cut back to the checkpoint's step."""
+    if not self.lead:
+      return
+    for run, run_rows in zip(self.runs, rows):
+      os.makedirs(run.workdir, exist_ok=True)
+      checkpoint.write_atomic(os.path.join(run.workdir, "config.json"),
+                              json.dumps(dict(run.recorded(), **extra), indent=2) + "\n")
+      write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), run_rows)
+    if self.settings.is_group:
+      checkpoint.write_atomic(os.path.join(self.settings.workdir, GROUP_CONFIG),
+                              json.dumps(dict(self.settings.recorded(), **extra), indent=2) + "\n")
+
+  def save(self, state: train.GroupState, rows, diverged) -> None:
+    """Checkpoints (NumPy `state`): the group's first (what the group resumes from, so a kill
+    in between leaves runs that are only behind it), then each live run's own and its metrics;
+    a diverged run keeps its last good checkpoint."""
+    if not self.lead:
+      return
+    if self.group_ckpt:
+      checkpoint.save(self.group_ckpt, state)
+    for i, run in enumerate(self.runs):
+      write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), rows[i])
+      if i not in diverged:
+        checkpoint.save(checkpoint.path_in(run.workdir), _run_slice(state.runs, i))
+
+  def finish(self, rows, title: str, metric: str, threshold=None) -> None:
+    """Each run's curves.png; a group's curves.png (mean and min-max band over seeds, a colour
+    per learning rate) and results.md."""
+    if not self.lead:
+      return
+    for run, run_rows in zip(self.runs, rows):
+      evals = report.evaluations(run_rows)
+      if evals:
+        plots.learning_curves(evals, os.path.join(run.workdir, "curves.png"), title, metric)
+    if not self.settings.is_group:
+      return
+    by_rate = {}
+    for run, run_rows in zip(self.runs, rows):
+      if report.evaluations(run_rows):
+        by_rate.setdefault(f"lr {run.learning_rate:g}", []).append(report.evaluations(run_rows))
+    if by_rate:
+      plots.compare_curves(by_rate, os.path.join(self.settings.workdir, "curves.png"), title,
+                           metric, threshold=threshold)
+    table = report.summary_table([r.workdir for r in self.runs])
+    checkpoint.write_atomic(os.path.join(self.settings.workdir, "results.md"), table + "\n")
