@@ -104,7 +104,7 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("runs")
   out = {}
   for name, model, T in (("rwa", "rwa", 12), ("lstm", "lstm", 12), ("short", "lstm", 9)):
-    cfg = experiment.RunConfig(model=model, task="adding", seq_len=T, hidden_size=6,
+    cfg = experiment.Settings(model=model, task="adding", seq_len=T, hidden_size=6,
                                batch_size=8, num_steps=2, eval_every=2, eval_size=16,
                                workdir=str(root / name))
     experiment.run(cfg, log=lambda line: None)
