@@ -75,6 +75,8 @@ def main(argv):
                          f"{first.task} (T={first.seq_len}, H={first.hidden_size})", metric,
                          threshold=target[2] if target[0] == metric else None)
     table = report.summary_table(workdirs)
+    if len(workdirs) > len(groups):  # several seeds per configuration: their spread too
+      table += "\n\n" + report.seed_table(workdirs, [metric])
     checkpoint.write_atomic(os.path.join(root, "results.md"), table + "\n")
     run_flags.log(table)
     run_flags.log(f"figure: {os.path.join(root, 'compare.png')}")

@@ -108,9 +108,8 @@ def summary_table(workdirs, metrics=None) -> str:
       header += ["wall time"]
       lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     last = rows[-1] if rows else {}
-    name = os.path.basename(os.path.normpath(workdir))
-    cells = [name + (f" (diverged at step {diverged})" if diverged else ""), config["model"]
-             + (f" x{config['num_layers']}" if config.get("num_layers", 1) > 1 else ""),
+    name = run_names(workdirs)[workdir]
+    cells = [name + (f" (diverged at step {diverged})" if diverged else ""), model_label(config),
              task + (f" ({config['bit_order']})" if task == "binary_addition" else ""),
              str(config["seq_len"]), str(config["hidden_size"]), str(last.get("step", 0))]
     if metric:
@@ -129,24 +128,64 @@ def _fmt(v):
   return f"{v:.4g}"
 
 
+def model_label(config) -> str:
+  """The model column: cell, layers and readout (e.g. "lstm x2 + attention")."""
+  return (config["model"] + (f" x{config['num_layers']}" if config.get("num_layers", 1) > 1 else "")
+          + (f" + {config['readout']}" if config.get("readout", "linear") != "linear" else ""))
+
+
+def run_names(workdirs) -> dict:
+  """A short unique name per run folder: its own name, or with its parent's where a group's
+  subfolders (s0, s1, ...) would repeat."""
+  parts = {w: os.path.normpath(w).split(os.sep) for w in workdirs}
+  for depth in range(1, max((len(p) for p in parts.values()), default=1) + 1):
+    names = {w: "/".join(p[-depth:]) for w, p in parts.items()}
+    if len(set(names.values())) == len(names):
+      return names
+  return {w: w for w in workdirs}
+
+
+def _mean_sd(values):
+  mean = sum(values) / len(values)
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def _steps_over_seeds(reached, budget):
+  """Steps to threshold over seeds: mean ± sd where every seed crossed, else how many did."""
+  crossed = [r for r in reached if r is not None]
+  if not crossed:
+    return f"not within {budget}"
+  mean, sd = _mean_sd(crossed)
+  text = f"{mean:.0f} ± {sd:.0f}"
+  return text if len(crossed) == len(reached) else (
+      f"{text} ({len(crossed)} of {len(reached)}; the others not within {budget})")
+
+
 def seed_table(workdirs, metrics) -> str:
-  """Runs that differ only in --seed, averaged: final eval_<metric> as mean ± sd over seeds."""
+  """Runs that differ only in --seed, averaged: steps to the task's threshold and the final
+  eval_<metric>s as mean ± sd over seeds (population sd)."""
   groups = {}
   for workdir in workdirs:
     config, rows, _ = read_run(workdir)
     key = json.dumps({k: v for k, v in config.items()
                       if k not in ("seed", "workdir", "wall_time")}, sort_keys=True)
-    groups.setdefault(key, (config, []))[1].append(rows[-1] if rows else {})
-  header = ["model", "task", "T", "H", "layers", "feedback", "seeds"] + [
-      f"final {m} (mean ± sd)" for m in metrics]
+    groups.setdefault(key, (config, []))[1].append(rows)
+  rules = {threshold(c["task"], c["seq_len"]) for c, _ in groups.values()}
+  rule = rules.pop() if len(rules) == 1 else (None, None, None)  # one rule for every row
+  header = ["model", "task", "T", "H", "feedback", "seeds"]
+  if rule[0]:
+    header.append(f"steps to {_rule(*rule)} (mean ± sd)")
+  header += [f"final {m} (mean ± sd)" for m in metrics]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for config, finals in groups.values():
-    cells = [config["model"], config["task"], str(config["seq_len"]), str(config["hidden_size"]),
-             str(config.get("num_layers", 1)), config.get("feedback", "teacher"), str(len(finals))]
+  for config, runs in groups.values():
+    finals = [rows[-1] if rows else {} for rows in runs]
+    cells = [model_label(config), config["task"], str(config["seq_len"]),
+             str(config["hidden_size"]), config.get("feedback", "teacher"), str(len(finals))]
+    if rule[0]:
+      budget = max(f.get("step", 0) for f in finals)
+      cells.append(_steps_over_seeds([steps_to_threshold(rows, *rule) for rows in runs], budget))
     for m in metrics:
-      values = [f.get(f"eval_{m}", math.nan) for f in finals]
-      mean = sum(values) / len(values)
-      sd = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+      mean, sd = _mean_sd([f.get(f"eval_{m}", math.nan) for f in finals])
       cells.append(f"{mean:.3g} ± {sd:.2g}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -68,8 +68,39 @@ def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
     (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval_mse": mse}) + "\n")
   table = report.seed_table([tmp_path / n for n in ("a0", "a1", "b0")], ["mse"]).splitlines()
   assert len(table) == 4
-  assert table[2] == "| lstm | decay | 50 | 64 | 1 | free | 2 | 2 ± 1 |"
-  assert table[3] == "| lstm | decay | 50 | 64 | 1 | teacher | 1 | 5 ± 0 |"
+  assert table[2] == "| lstm | decay | 50 | 64 | free | 2 | 2 ± 1 |"
+  assert table[3] == "| lstm | decay | 50 | 64 | teacher | 1 | 5 ± 0 |"
+
+
+def _group(root, label, config, mse_by_seed):
+  """A group's subfolders <root>/<label>/s<seed>, one evaluation per 100 steps."""
+  for seed, series in mse_by_seed.items():
+    d = root / label / f"s{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(dict(config, seed=seed, workdir=str(d))))
+    (d / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": 100 * (i + 1), "eval_mse": v, "wall_time": 6.0}) + "\n"
+        for i, v in enumerate(series)))
+  return [root / label / f"s{seed}" for seed in mse_by_seed]
+
+
+def test_tables_over_seeds_name_each_run_and_average_the_steps_to_threshold(tmp_path):
+  base = {"task": "adding", "seq_len": 100, "hidden_size": 8, "num_layers": 1}
+  fast = [0.1] * 2 + [0.001] * 8      # rolling mean of 5 below 0.01 first at step 700
+  slow = [0.1] * 4 + [0.001] * 6      # ... at step 900
+  never = [0.1] * 10
+  linear = _group(tmp_path, "lstm", dict(base, model="lstm"), {0: fast, 1: slow})
+  attn = _group(tmp_path, "lstm-attention", dict(base, model="lstm", readout="attention"),
+                {0: fast, 1: never})
+  rows = report.summary_table(linear + attn).splitlines()
+  assert [r.split(" | ")[0] for r in rows[2:]] == ["| lstm/s0", "| lstm/s1", "| lstm-attention/s0",
+                                                   "| lstm-attention/s1"]
+  assert rows[4].split(" | ")[1] == "lstm + attention"
+  table = report.seed_table(linear + attn, ["mse"]).splitlines()
+  assert "steps to mse < 0.01 (mean ± sd)" in table[0]
+  assert table[2] == "| lstm | adding | 100 | 8 | teacher | 2 | 800 ± 100 | 0.001 ± 0 |"
+  assert table[3] == ("| lstm + attention | adding | 100 | 8 | teacher | 2 | 700 ± 0 (1 of 2; the "
+                      "others not within 1000) | 0.0505 ± 0.05 |")
 
 
 def test_tasks_without_a_threshold_show_their_main_metric(tmp_path):
