@@ -1,4 +1,4 @@
-"""Float64 NumPy references of each cell's equations, written from the paper / DESIGN.md table
+"""Float64 NumPy references of each cell's equations, written from the paper and the cell tables
 and sharing no code with seqjax. Each runs one unbatched sequence xs [T, F] -> hs [T, H]."""
 
 import numpy as np

@@ -15,12 +15,26 @@ import jax.numpy as jnp
 
 from seqjax._fused import NARROW_INPUT
 from seqjax._timeloop import expand, mask_inputs, select, step_loop, zero_inactive
-from seqjax.cells.base import FastLoop
+from seqjax.cells.base import FastLoop, bias, glorot, matmul, positive_int, state_dtype
 
 # Backends on which the min cells run `jax.lax.associative_scan` over time. CPU, measured
 # (2 cores, B=100, T=1000, F=2, H=250, train step fwd+bwd): the associative scan's log-depth
 # passes cost 2-3x a loop there. Accelerators: the associative scan (not measured yet).
 ASSOCIATIVE_ON = ("gpu", "tpu")
+
+
+def init_params(key, input_size, hidden_size, weights, biases):
+  """{w: Glorot-uniform [F, H] for w in weights} | {b: zeros [H] for b in biases}."""
+  F = positive_int("input_size", input_size)
+  keys = jax.random.split(key, len(weights))
+  params = {w: glorot(k, (F, hidden_size), jnp.float32) for w, k in zip(weights, keys)}
+  return params | {b: jnp.zeros((hidden_size,), jnp.float32) for b in biases}
+
+
+def affine(params, x, gate, dtype):
+  """x W_<gate> + b_<gate>, in the state's precision (at least float32)."""
+  p = matmul(x, params["W_" + gate], dtype)
+  return (p + bias(params["b_" + gate], p)).astype(state_dtype(params["W_" + gate].dtype))
 
 
 def check_parallel(parallel):

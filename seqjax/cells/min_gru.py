@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells import _parallel
-from seqjax.cells.base import (Cell, bias, check_dtype, glorot, matmul, positive_int,
-                               state_dtype)
+from seqjax.cells.base import Cell, check_dtype, positive_int, state_dtype
 
 
 class MinGRUState(NamedTuple):
@@ -32,18 +31,13 @@ def min_gru(hidden_size: int, dtype=None, parallel=None) -> Cell:
   parallel = _parallel.check_parallel(parallel)
 
   def init(key, input_size: int):
-    F = positive_int("input_size", input_size)
-    kz, kh = jax.random.split(key)
-    return {"W_z": glorot(kz, (F, H), jnp.float32), "W_h": glorot(kh, (F, H), jnp.float32),
-            "b_z": jnp.zeros((H,), jnp.float32), "b_h": jnp.zeros((H,), jnp.float32)}
+    return _parallel.init_params(key, input_size, H, ("W_z", "W_h"), ("b_z", "b_h"))
 
   def initial_state(params, batch_shape=()):
     return MinGRUState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_z"].dtype)))
 
   def project(params, x):
-    acc = state_dtype(params["W_z"].dtype)
-    pz, ph = matmul(x, params["W_z"], dtype), matmul(x, params["W_h"], dtype)
-    pz, ph = (pz + bias(params["b_z"], pz)).astype(acc), (ph + bias(params["b_h"], ph)).astype(acc)
+    pz, ph = _parallel.affine(params, x, "z", dtype), _parallel.affine(params, x, "h", dtype)
     return jax.nn.sigmoid(-pz), jax.nn.sigmoid(pz) * ph  # a = 1 - z, b = z ĥ
 
   def update(state, terms):

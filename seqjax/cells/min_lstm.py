@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.cells import _parallel
-from seqjax.cells.base import (Cell, bias, check_dtype, glorot, matmul, positive_int,
-                               state_dtype)
+from seqjax.cells.base import Cell, check_dtype, positive_int, state_dtype
 
 
 class MinLSTMState(NamedTuple):
@@ -34,22 +33,13 @@ def min_lstm(hidden_size: int, dtype=None, parallel=None) -> Cell:
   parallel = _parallel.check_parallel(parallel)
 
   def init(key, input_size: int):
-    F = positive_int("input_size", input_size)
-    kf, ki, kh = jax.random.split(key, 3)
-    return {"W_f": glorot(kf, (F, H), jnp.float32), "W_i": glorot(ki, (F, H), jnp.float32),
-            "W_h": glorot(kh, (F, H), jnp.float32), "b_f": jnp.zeros((H,), jnp.float32),
-            "b_i": jnp.zeros((H,), jnp.float32), "b_h": jnp.zeros((H,), jnp.float32)}
+    return _parallel.init_params(key, input_size, H, ("W_f", "W_i", "W_h"), ("b_f", "b_i", "b_h"))
 
   def initial_state(params, batch_shape=()):
     return MinLSTMState(h=jnp.zeros((*batch_shape, H), state_dtype(params["W_f"].dtype)))
 
   def project(params, x):
-    acc = state_dtype(params["W_f"].dtype)
-    pre = []
-    for k in ("f", "i", "h"):
-      p = matmul(x, params["W_" + k], dtype)
-      pre.append((p + bias(params["b_" + k], p)).astype(acc))
-    pf, pi, ph = pre
+    pf, pi, ph = (_parallel.affine(params, x, gate, dtype) for gate in ("f", "i", "h"))
     log_ratio = jax.nn.log_sigmoid(pf) - jax.nn.log_sigmoid(pi)  # log(f / i), finite
     return jax.nn.sigmoid(log_ratio), jax.nn.sigmoid(-log_ratio) * ph  # a, (1 - a) ĥ
 

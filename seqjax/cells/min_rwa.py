@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from seqjax._timeloop import select, zero_inactive
 from seqjax.cells import _parallel
-from seqjax.cells.base import (Cell, bias, check_dtype, glorot, matmul, positive_int,
+from seqjax.cells.base import (Cell, bias, check_dtype, matmul, positive_int,
                                state_dtype)
 
 _sg = jax.lax.stop_gradient
@@ -47,11 +47,7 @@ def min_rwa(hidden_size: int, dtype=None, parallel=None) -> Cell:
   parallel = _parallel.check_parallel(parallel)
 
   def init(key, input_size: int):
-    F = positive_int("input_size", input_size)
-    ku, kg, ka = jax.random.split(key, 3)
-    return {"W_u": glorot(ku, (F, H), jnp.float32), "W_g": glorot(kg, (F, H), jnp.float32),
-            "W_a": glorot(ka, (F, H), jnp.float32), "b_u": jnp.zeros((H,), jnp.float32),
-            "b_g": jnp.zeros((H,), jnp.float32)}
+    return _parallel.init_params(key, input_size, H, ("W_u", "W_g", "W_a"), ("b_u", "b_g"))
 
   def initial_state(params, batch_shape=()):
     acc = state_dtype(params["W_u"].dtype)
