@@ -92,9 +92,9 @@ def _read_classic(path: str, member: str = None):
     raise ValueError(f"{path}: a zip without {member}") from None
   except _numpy_pickle.Refused as e:
     raise ValueError(f"{where}: refused, not a pickle of numpy arrays only ({e})") from None
-  except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError, IndexError,
-          AttributeError, MemoryError, zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-    # truncated or corrupt gzip/zip/pickle streams surface as any of these
+  except (pickle.UnpicklingError, OSError, zipfile.BadZipFile, RuntimeError) as e:
+    # load turns whatever a broken stream raises into UnpicklingError; opening the file or the
+    # zip member can still fail on its own (missing, unreadable, encrypted or unknown compression)
     raise ValueError(f"{where}: cannot be read ({type(e).__name__}: {e})") from None
   return _check_classic(where, splits)
 
