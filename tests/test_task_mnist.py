@@ -2,6 +2,7 @@
 it) against the arrays written here, and every broken or hostile file refused with its name."""
 
 import gzip
+import io
 import os
 import pickle
 import re
@@ -253,3 +254,99 @@ def test_the_cli_refuses_a_hostile_pickle_in_one_line_and_writes_nothing(tmp_pat
   assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
   assert str(data / "mnist.pkl.gz") in out.stderr and "refused" in out.stderr, out.stderr
   assert not workdir.exists() and not os.path.exists(created)
+
+
+# ------------------------------------------------- crafted pickles that misuse numpy's own names
+
+class _Reduce:
+  """Pickles as `f(*args)`, then BUILD with `state` if given: any call a crafted file can make."""
+
+  def __init__(self, f, args, state=None):
+    self.f, self.args, self.state = f, args, state
+
+  def __reduce__(self):
+    return (self.f, self.args) if self.state is None else (self.f, self.args, self.state)
+
+
+_DTYPE_STATE_WITH_OBJECT_FLAGS = (3, "|", None, ("a",), {"a": (np.dtype("i8"), 0)}, 8, 1, 63)
+
+
+def _array_call(dtype, state_data, shape=(2,)):
+  """numpy's own array pickle, `_reconstruct(ndarray, (0,), b"b")` then BUILD, with any dtype/data."""
+  from numpy._core.multiarray import _reconstruct
+  return _Reduce(_reconstruct, (np.ndarray, (0,), b"b"), (1, shape, dtype, False, state_data))
+
+
+def _crafted(kind):
+  ints = [0x4141414141414141, 0x4242424242424242]
+  return {
+      # the class itself called: ndarray((3,), "O") is an object array of None
+      "ndarray call": _Reduce(np.ndarray, ((3,), "O")),
+      # a structured dtype whose state sets the object flags, the review's SystemError file
+      "structured dtype": _array_call(
+          _Reduce(np.dtype, ([("a", "i8")],), _DTYPE_STATE_WITH_OBJECT_FLAGS), ints),
+      "void dtype": _array_call(_Reduce(np.dtype, ("V8", False, True)), b"\0" * 16),
+      # a float dtype as numpy writes it (copy=True), its state claiming fields and object flags
+      "float dtype, object state": _array_call(
+          _Reduce(np.dtype, ("f8", False, True), _DTYPE_STATE_WITH_OBJECT_FLAGS), ints),
+      "object dtype": _array_call(_Reduce(np.dtype, ("O", False, True)), ints),
+      # a plain dtype, but a list for the data (numpy's state for object arrays)
+      "list data": _array_call(_Reduce(np.dtype, ("f8", False, True), (3, "<", None, None, None,
+                                                                        -1, -1, 0)), ints),
+  }[kind]
+
+
+@pytest.mark.parametrize("kind", ["ndarray call", "structured dtype", "void dtype",
+                                  "float dtype, object state", "object dtype", "list data"])
+def test_crafted_uses_of_numpy_names_are_refused(tmp_path, kind):
+  path = tmp_path / "mnist.pkl.gz"
+  path.write_bytes(_gzipped_pickle(_crafted(kind)))
+  with pytest.raises(ValueError) as error:
+    tasks.get("mnist", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert message.startswith(f"{path}: refused") and "\n" not in message, message
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_arrays_in_every_plain_layout_come_back_as_numpy_reads_them(protocol):
+  from seqjax.tasks import _numpy_pickle
+  rng = np.random.default_rng(3)
+  arrays = [rng.normal(size=(3, 4)).astype(">f8"), np.asfortranarray(rng.normal(size=(2, 5))),
+            rng.integers(-9, 9, (4,)).astype("<i2"), (rng.normal(size=3) + 1j).astype("c8"),
+            np.array([True, False]), np.zeros((0, 3), np.uint8), np.full((), 2.5, np.float32)]
+  blob = pickle.dumps({"a": arrays, "t": (arrays[0], 7)}, protocol=protocol)
+  expected = pickle.loads(blob)
+  got = _numpy_pickle.load(io.BytesIO(blob))
+  assert got["t"][1] == 7
+  for mine, theirs, original in zip(got["a"] + [got["t"][0]], expected["a"] + [expected["t"][0]],
+                                    arrays + [arrays[0]]):
+    # numpy may hand the big-endian array back in native order: same kind, size and values
+    assert mine.dtype.kind == theirs.dtype.kind == original.dtype.kind
+    assert mine.dtype.itemsize == original.dtype.itemsize and mine.shape == original.shape
+    np.testing.assert_array_equal(mine, original)
+    np.testing.assert_array_equal(mine, theirs)
+    assert mine.flags.f_contiguous == original.flags.f_contiguous
+
+
+def test_an_array_with_too_few_bytes_cannot_be_read(tmp_path):
+  dtype = _Reduce(np.dtype, ("f4", False, True), (3, "<", None, None, None, -1, -1, 0))
+  path = tmp_path / "mnist.pkl.gz"
+  path.write_bytes(_gzipped_pickle(_array_call(dtype, b"\0" * 7)))
+  with pytest.raises(ValueError, match=rf"^{path}: cannot be read \(UnpicklingError: an array "
+                     rf"of shape \(2,\) float32 needs 8 bytes, the file holds 7\)$"):
+    mnist.load(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_crafted_dtype_state_in_one_line(tmp_path):
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "mnist.pkl.gz").write_bytes(_gzipped_pickle(_crafted("structured dtype")))
+  workdir = tmp_path / "run"
+  out = subprocess.run([sys.executable, "-m", "launch.main", "--task=mnist", f"--data_dir={data}",
+                        "--num_steps=1", f"--workdir={workdir}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-2000:]
+  lines = [line for line in out.stderr.splitlines() if "mnist.pkl.gz" in line]
+  assert len(lines) == 1 and "refused" in lines[0], out.stderr
+  assert not workdir.exists()

@@ -6,14 +6,16 @@ only the names numpy's own `ndarray.__reduce__` writes, each to a stand-in of ou
 
 - `numpy.core.multiarray._reconstruct` (numpy 1) and `numpy._core.multiarray._reconstruct`
   (numpy 2), narrowed to what numpy writes, `_reconstruct(numpy.ndarray, (0,), b"b")`;
-- `numpy.ndarray`, a private token that only that `_reconstruct` accepts (the class itself would
-  let the file call `ndarray(shape, dtype)` with any dtype);
+- `numpy.ndarray`, a private token that only that `_reconstruct` accepts and that builds nothing
+  when called (the class itself would let the file call `ndarray(shape, dtype)` with any dtype);
 - `numpy.dtype`, narrowed to `dtype(code, align, copy)` with a plain numeric code (bool, int,
   uint, float, complex: no fields, no subarray, nothing holding Python objects);
 - `_codecs.encode`, narrowed to `encode(str, "latin1")`. Python 3 writes bytes in protocol 2 as
   that call (the array's raw data and the `b` type code), so numpy arrays pickled by Python 3 at
   protocol 2 need it. Turning a str into its latin-1 bytes runs no code and reads no file; the
-  narrowing also keeps out the other codecs (compressors such as zlib) a hostile file could ask for.
+  narrowing also keeps out the other codecs (compressors such as zlib) a hostile file could ask for;
+- `bytes` (`__builtin__.bytes` at protocol 2), narrowed to `bytes()`: how Python 3 writes b"",
+  the data of an empty array, at protocol 2.
 
 numpy's own `dtype.__setstate__` and `ndarray.__setstate__` never see the file's states: a
 copied dtype takes any flags and fields from its state (a float dtype can be made to claim it
@@ -40,9 +42,13 @@ class Refused(pickle.UnpicklingError):
 
 
 class _NdarrayName:
-  """What `numpy.ndarray` resolves to: a token, not a class, so the file cannot call it."""
+  """What `numpy.ndarray` resolves to: a token, not the class, so the file cannot build an array
+  with it (calling it refuses, so that the message says so)."""
 
   __slots__ = ()
+
+  def __call__(self, *args):
+    raise Refused("numpy.ndarray is allowed only as the first argument of _reconstruct")
 
 
 _NDARRAY = _NdarrayName()
@@ -109,12 +115,20 @@ def _latin1_bytes(text, encoding):
   return text.encode("latin1")
 
 
+def _empty_bytes(*args):
+  if args:
+    raise Refused("bytes() is allowed without arguments only")
+  return b""
+
+
 ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _Array,
     ("numpy._core.multiarray", "_reconstruct"): _Array,
     ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _Dtype,
     ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
@@ -159,5 +173,6 @@ def load(file):
   except Refused:
     raise
   except Exception as e:   # a crafted file can raise nearly anything; none of it is ours to show
-    detail = " ".join(f"{type(e).__name__}: {e}".split())
+    detail = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
+    detail = " ".join(detail.split())
     raise pickle.UnpicklingError(detail[:300]) from None
