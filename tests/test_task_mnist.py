@@ -285,6 +285,8 @@ def _crafted(kind):
       # a structured dtype whose state sets the object flags, the review's SystemError file
       "structured dtype": _array_call(
           _Reduce(np.dtype, ([("a", "i8")],), _DTYPE_STATE_WITH_OBJECT_FLAGS), ints),
+      "structured dtype from a str": _array_call(
+          _Reduce(np.dtype, ("i8,i8", False, True), _DTYPE_STATE_WITH_OBJECT_FLAGS), ints),
       "void dtype": _array_call(_Reduce(np.dtype, ("V8", False, True)), b"\0" * 16),
       # a float dtype as numpy writes it (copy=True), its state claiming fields and object flags
       "float dtype, object state": _array_call(
@@ -296,15 +298,22 @@ def _crafted(kind):
   }[kind]
 
 
-@pytest.mark.parametrize("kind", ["ndarray call", "structured dtype", "void dtype",
-                                  "float dtype, object state", "object dtype", "list data"])
-def test_crafted_uses_of_numpy_names_are_refused(tmp_path, kind):
+@pytest.mark.parametrize("kind, why", [
+    ("ndarray call", "numpy.ndarray is allowed only as the first argument of _reconstruct"),
+    ("structured dtype", "numpy.dtype is allowed as dtype(str, bool, bool) only"),
+    ("structured dtype from a str", "dtype 'i8,i8' is not a plain numeric dtype"),
+    ("void dtype", "dtype 'V8' is not a plain numeric dtype"),
+    ("float dtype, object state", "a dtype state other than numpy's for a plain numeric dtype"),
+    ("object dtype", "dtype 'O' is not a plain numeric dtype"),
+    ("list data", "an array state other than numpy's")])
+def test_crafted_uses_of_numpy_names_are_refused(tmp_path, kind, why):
   path = tmp_path / "mnist.pkl.gz"
   path.write_bytes(_gzipped_pickle(_crafted(kind)))
   with pytest.raises(ValueError) as error:
     tasks.get("mnist", data_dir=str(tmp_path))
   message = str(error.value)
   assert message.startswith(f"{path}: refused") and "\n" not in message, message
+  assert why in message, message
 
 
 @pytest.mark.parametrize("protocol", [2, 4])

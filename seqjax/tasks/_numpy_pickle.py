@@ -77,7 +77,8 @@ class _Dtype:
   def __setstate__(self, state):
     if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3
             and state[1] in ("<", ">", "|", "=") and state[2:] == (None, None, None, -1, -1, 0)):
-      raise Refused(f"dtype state {state!r:.80} is not that of a plain numeric dtype")
+      raise Refused("a dtype state other than numpy's for a plain numeric dtype, "
+                    "(3, byteorder, None, None, None, -1, -1, 0)")
     if state[1] in "<>":
       self.dtype = self.dtype.newbyteorder(state[1])
 
