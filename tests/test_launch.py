@@ -234,8 +234,9 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
     for run in ("s0", "s1"):  # each an ordinary run folder, as launch.main writes it
       assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "curves.png"} <= {
           p.name for p in (tmp_path / group / run).iterdir()}
-  table = (tmp_path / "results.md").read_text().splitlines()
-  assert len(table) == 2 + 8 and "steps to sequence_accuracy > 0.99" in table[0]
+  per_run, over_seeds = (t.splitlines() for t in (tmp_path / "results.md").read_text().split("\n\n"))
+  assert len(per_run) == 2 + 8 and "steps to sequence_accuracy > 0.99" in per_run[0]
+  assert len(over_seeds) == 2 + 4 and all("| 2 |" in row for row in over_seeds[2:])  # 2 seeds each
   assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert json.load(open(tmp_path / "gru-x2-msb_first" / "s1" / "config.json"))["num_layers"] == 2
   seed0 = _rows(tmp_path / "gru-x2-msb_first" / "s0")
