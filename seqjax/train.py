@@ -231,15 +231,21 @@ def make_group_step(cfg: Config, num_runs: int, state_sharding=None, out_shardin
                     one_at_a_time: bool = False):
   """(GroupState, seeds int32 [R]) -> (GroupState, metrics {name: [R]}); donates the state.
 
-  The one-run step mapped over the runs (`over_runs`). A run whose loss is not finite keeps the state it had
-  before that step and stays frozen; the others go on.
+  The one-run step mapped over the runs (`over_runs`). A run whose loss or new params are not
+  finite (metrics["finite"] False) keeps the state it had before that step and stays frozen, as
+  does a run whose `alive` the caller cleared; the others go on.
   """
   step = one_run_step(cfg)
 
   def guarded(state, alive, seed):
     new, metrics = step(state, seed)
-    ok = alive & jnp.isfinite(metrics["loss"])
-    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state), ok, metrics
+    # the new params too: a finite loss can come with a non-finite update, and the frozen state
+    # must be the last finite one
+    finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new.params)]))
+    ok = alive & finite
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state), ok, \
+        dict(metrics, finite=finite)
 
   def group_step(group: GroupState, seeds):
     runs, alive, metrics = over_runs(guarded, num_runs, one_at_a_time=one_at_a_time)(
