@@ -212,6 +212,7 @@ def test_sigterm_checkpoints_the_group_and_the_same_command_resumes(tmp_path):
     assert _rows(tmp_path / sub)[-1]["step"] == stopped_at + 2
 
 
+@pytest.mark.slow
 def test_a_run_resumed_alone_keeps_its_rate_and_the_group_will_not_overwrite_it(tmp_path):
   group = tmp_path / "group"
   _run(TINY, seeds=(0,), learning_rates=(0.003,), num_steps=2, eval_every=1, workdir=str(group))
@@ -267,6 +268,7 @@ def test_a_bad_workdir_is_one_line_and_nothing_is_written(where, group, tmp_path
   assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_a_run_diverged_at_evaluation_is_frozen_on_the_device_too(tmp_path, monkeypatch):
   real = train.make_group_evaluate
 
@@ -287,6 +289,7 @@ def _finite(tree):
   return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
 
 
+@pytest.mark.slow
 def test_a_non_finite_update_freezes_the_run_at_its_last_finite_state(tmp_path, monkeypatch):
   # lr inf: the first loss is finite, the params after the update are not
   cfg = train.Config(cell=cells.get("lstm", hidden_size=4), task=tasks.get("binary_addition",
