@@ -248,6 +248,8 @@ def test_compare_rejects_bad_lists_before_running(tmp_path):
                         ("--num_layers=1,0", "--num_layers=1,0: must be an integer >= 1"),
                         ("--seeds=a", "--seeds=a"), ("--seeds=1,1", "--seeds=1,1: distinct"),
                         ("--readouts=linear,mlp", "'mlp' is not one of"),
+                        ("--models=rwa,lstm,rwa", "--models=rwa,lstm,rwa: rwa is listed twice"),
+                        ("--num_layers=2,2", "--num_layers=2,2: 2 is listed twice"),
                         ("--bit_orders=msb_first", "--bit_order=msb_first: applies only to the binary_addition task")]:
     out = subprocess.run([sys.executable, "-m", "launch.compare", "--task=adding", flag,
                           f"--workdir={tmp_path / 'c'}"], cwd=ROOT, capture_output=True,
