@@ -21,7 +21,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from seqjax.cells.base import Cell, bias
 from seqjax.scanning import _check_lengths, default_unroll, scan
