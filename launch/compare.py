@@ -31,13 +31,24 @@ READOUTS = flags.DEFINE_list("readouts", ["linear"],
                              f"Readouts to compare: {', '.join(models.READOUTS)}.")
 
 
+def _distinct(flag: str, values) -> tuple:
+  """A repeated item would make two groups share one folder (the second resuming the first)."""
+  for v in values:
+    if values.count(v) > 1:
+      raise experiment.RunError(f"--{flag}={','.join(map(str, values))}: {v} is listed twice")
+  return values
+
+
 def configurations():
   """(root, [(label, group Settings)], metric) for every model x layers x bit order x readout;
   every setting checked before anything runs."""
-  names = run_flags.parse_list("models", MODELS.value, choices=cells.NAMES)
-  orders = run_flags.parse_list("bit_orders", BIT_ORDERS.value, choices=ORDERS)
-  layers = run_flags.parse_list("num_layers", NUM_LAYERS.value, int, minimum=1)
-  readouts = run_flags.parse_list("readouts", READOUTS.value, choices=models.READOUTS)
+  names = _distinct("models", run_flags.parse_list("models", MODELS.value, choices=cells.NAMES))
+  orders = _distinct("bit_orders", run_flags.parse_list("bit_orders", BIT_ORDERS.value,
+                                                        choices=ORDERS))
+  layers = _distinct("num_layers", run_flags.parse_list("num_layers", NUM_LAYERS.value, int,
+                                                        minimum=1))
+  readouts = _distinct("readouts", run_flags.parse_list("readouts", READOUTS.value,
+                                                        choices=models.READOUTS))
   base = run_flags.settings()
   if not base.is_group:  # a comparison is always of groups (one seed at least)
     base = dataclasses.replace(base, seeds=(base.seed,), seed=None)

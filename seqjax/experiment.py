@@ -6,6 +6,7 @@ flags. Settings and their checks are in seqjax/settings.py, the files in seqjax/
 """
 
 import math
+import os
 import signal
 import threading
 import time
@@ -15,10 +16,10 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from seqjax import parallel, report, train
+from seqjax import checkpoint, parallel, report, train
 from seqjax.report import main_metric
 from seqjax.settings import RunError, Settings, run_axis, train_config, validate
-from seqjax.workdir import Folders, load
+from seqjax.workdir import Folders, load, resumed_config
 
 __all__ = ["Diverged", "RunError", "Settings", "Stopped", "load", "main_metric", "run", "validate"]
 
@@ -84,7 +85,13 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
   in its metrics), the others go on, and a RunError naming it comes at the end.
   """
   s = s.resolved()
+  recorded = resumed_config(s)
+  s = s.with_learning_rate(recorded)
   task = validate(s)
+  if s.learning_rate is not None and recorded.get("learning_rate") not in (None, s.learning_rate):
+    log(f"--learning_rate={s.learning_rate:g}: {s.workdir} was trained at "
+        f"{recorded['learning_rate']:g}; it goes on at {s.learning_rate:g} (Adam's state does "
+        "not depend on the rate)")
   folders = Folders(s, lead=jax.process_index() == 0)
   runs, names, R = folders.runs, folders.names(), len(folders.runs)
   axis = run_axis(s)
@@ -114,9 +121,14 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
   wall_offset = [(report.evaluations(r) or [{"wall_time": 0.0}])[-1]["wall_time"] for r in rows]
   t_start = t_interval = t_print = time.time()
   losses, interval_steps, pending, signum = [[] for _ in runs], 0, None, 0
+  frozen = len(diverged)  # runs the device knows are frozen
 
   def diverge(i, at_step, what):
     if not s.is_group:
+      if not os.path.exists(checkpoint.path_in(s.workdir)):
+        raise RunError(f"training diverged: {what} at step {at_step}; no checkpoint yet (one "
+                       f"is written at each evaluation, every --eval_every={s.eval_every} steps); "
+                       "the same command with a lower --learning_rate starts afresh")
       raise RunError(f"training diverged: {what} at step {at_step}; the last good checkpoint "
                      f"(in {s.workdir}) is kept; the same command with a lower --learning_rate "
                      "resumes from it")
@@ -125,15 +137,17 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
     log(f"{names[i]} diverged: {what} at step {at_step}; frozen at its last good checkpoint")
 
   def take_losses(metrics, at_step):
-    loss = np.asarray(metrics["loss"])
+    loss, finite = np.asarray(metrics["loss"]), np.asarray(metrics["finite"])
     for i in live():
-      if math.isfinite(loss[i]):
-        losses[i].append(loss[i])
-      else:
+      if not math.isfinite(loss[i]):
         diverge(i, at_step, f"loss is {loss[i]}")
+      elif not finite[i]:
+        diverge(i, at_step, "the update is not finite")
+      else:
+        losses[i].append(loss[i])
 
   def evaluate_and_save():
-    nonlocal t_interval, losses, interval_steps
+    nonlocal t_interval, losses, interval_steps, state, frozen
     values = {k: np.asarray(v) for k, v in parallel.fetch(evaluate(state.runs.params,
                                                                     held_out)).items()}
     now = time.time()
@@ -149,6 +163,10 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
       row["examples_per_sec"] = interval_steps * s.batch_size / max(now - t_interval, 1e-9)
       row["wall_time"] = wall_offset[i] + now - t_start
       rows[i].append(row)
+    if len(diverged) > frozen:  # diverged on the host (its evaluation): freeze it on the device
+      state = state._replace(alive=parallel.put(np.array([i not in diverged for i in range(R)]),
+                                                placed))
+      frozen = len(diverged)
     folders.save(parallel.fetch(state), rows, diverged)
     t_interval, losses, interval_steps = now, [[] for _ in runs], 0
     return [rows[i][-1] for i in live()]

@@ -1,7 +1,8 @@
 """Looking inside trained runs (what `launch.inspect` draws).
 
 Array functions: which units move most at given steps (`rank_units`), the RWA's share of each
-step in its average (`step_shares`), the attention readout's weights (`readout_attention`).
+step in its average (`step_shares`); the attention readout's weights at the last step are
+`models.last_step_attention`.
 Then per task the steps worth looking at (`landmarks`, `event_steps`) and `inspect_runs`, which
 loads run folders and writes their pictures.
 """
@@ -15,6 +16,7 @@ import numpy as np
 import seqjax
 from seqjax import checkpoint, experiment, models, plots, train
 from seqjax.cells.base import Cell
+from seqjax.settings import DATA_SETTINGS
 from seqjax.tasks import variable_copy
 
 
@@ -104,21 +106,6 @@ def event_steps(task_name, batch, b):
 
 
 
-def readout_attention(readout, hs_NxTxH, lengths=None) -> np.ndarray:
-  """[N, T] attention weights alpha_{L,i} of the attention readout at each sequence's last valid
-  step L over its valid steps i (0 past L): softmax_i(q_L . k_i / sqrt(H))."""
-  hs = jnp.asarray(hs_NxTxH)
-  N, T, H = hs.shape
-  L = jnp.full((N,), T, jnp.int32) if lengths is None else jnp.asarray(lengths, jnp.int32)
-  h_last = jnp.take_along_axis(hs, jnp.clip(L - 1, 0, T - 1)[:, None, None], axis=1)[:, 0]
-  q = h_last @ readout["W_q"]                                   # [N, H]
-  scores = jnp.einsum("nh,nth->nt", q, hs @ readout["W_k"]) / jnp.sqrt(jnp.float32(H))
-  valid = jnp.arange(T)[None, :] < L[:, None]
-  return np.asarray(jax.nn.softmax(jnp.where(valid, scores, -jnp.inf), axis=-1,
-                                   where=valid))
-
-
-
 def describe(cell, params, task, few, top_units):
   """What the states picture shows of one run on the sequences `few`: a dict with the run's
   hidden states hs [N, T, H], its unit ranking, and the strip under each heatmap [N, T]."""
@@ -129,7 +116,7 @@ def describe(cell, params, task, few, top_units):
   shown = units[:top_units]
   readout = params.get("readout", {})
   if "W_q" in readout:
-    strip = readout_attention(readout, hs, few.lengths)
+    strip = np.asarray(models.last_step_attention(params, jnp.asarray(hs), few.lengths))
     strip_label = "attention readout:\nweight of step i\nat the last step"
   elif has_weighted_average(cell.initial_state(params["cell"], ())):
     shares = step_shares(cell, params["cell"], few.xs, few.lengths)
@@ -190,12 +177,13 @@ def inspect_runs(workdirs, output=None, num_examples=4, top_units=16):
   first_cfg, first_tcfg = loaded[0][1], loaded[0][2]
   task = first_tcfg.task
   for w, cfg, tcfg, _ in loaded[1:]:
-    if (tcfg.task.name, tcfg.task.seq_len, tcfg.task.input_size) != (
-        task.name, task.seq_len, task.input_size):
-      raise experiment.RunError(
-          f"--workdirs: {w} is a {tcfg.task.name} run with T={tcfg.task.seq_len}, "
-          f"{workdirs[0]} a {task.name} run with T={task.seq_len}: only runs of one task and "
-          f"length can be drawn side by side")
+    first, this = first_cfg.recorded(), cfg.recorded()
+    for key in DATA_SETTINGS:  # drawn on the first run's sequences: they must be this run's too
+      if this.get(key) != first.get(key):
+        raise experiment.RunError(
+            f"--workdirs: {w} was trained with --{key}={this.get(key)}, {workdirs[0]} with "
+            f"--{key}={first.get(key)}: only runs trained on the same data can be drawn side "
+            "by side")
   held = task.held_out(train.eval_key(first_cfg.seed), task.held_out_size or first_cfg.eval_size)
   n = min(num_examples, held.xs.shape[0])
   few = jax.tree.map(lambda v: v[:n], held)

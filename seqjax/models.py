@@ -21,10 +21,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from seqjax.cells.base import Cell, bias
-from seqjax.scanning import default_unroll, scan
+from seqjax.scanning import _check_lengths, default_unroll, scan
 
 _readout_init = jax.nn.initializers.lecun_normal()
 
@@ -98,16 +97,25 @@ def _attention_query(params, h_last):
   return (h_last @ rd["W_q"]) @ rd["W_k"].T / math.sqrt(h_last.shape[-1])
 
 
+def last_step_attention(params, hs, lengths=None):
+  """alpha [B, T]: the attention readout's weights at each sequence's last valid step L over
+  its steps i (softmax_i of q_L . k_i / sqrt(H) over i < L; 0 at padded steps, and a row of 0
+  for length 0, which has no last step). hs [B, T, H], 0 at padded steps."""
+  T = hs.shape[-2]
+  scores = jnp.einsum("bth,bh->bt", hs, _attention_query(params, _select_last(hs, lengths)))
+  if lengths is None:
+    return jax.nn.softmax(scores, axis=-1)
+  # Key 0 stays allowed even when padded so that every row has one finite score (no 0/0 and no
+  # NaN gradient); length-0 rows are then zeroed.
+  key_ok = (jnp.arange(T)[None] < lengths[:, None]) | (jnp.arange(T)[None] == 0)
+  alpha = jax.nn.softmax(jnp.where(key_ok, scores, -jnp.inf), axis=-1)
+  return jnp.where((lengths > 0)[:, None], alpha, jnp.zeros((), alpha.dtype))
+
+
 def _attention_last(params, hs, h_last, lengths):
   """The output at each sequence's last valid step: one query row, O(T). hs [B, T, H]."""
-  T = hs.shape[-2]
-  scores = jnp.einsum("bth,bh->bt", hs, _attention_query(params, h_last))
-  if lengths is None:
-    alpha = jax.nn.softmax(scores, axis=-1)
-  else:
-    key_ok = (jnp.arange(T)[None] < lengths[:, None]) | (jnp.arange(T)[None] == 0)
-    alpha = jax.nn.softmax(jnp.where(key_ok, scores, -jnp.inf), axis=-1)
-  c = jnp.einsum("bt,bth->bh", alpha, hs) @ params["readout"]["W_v"]
+  c = jnp.einsum("bt,bth->bh", last_step_attention(params, hs, lengths), hs) \
+      @ params["readout"]["W_v"]
   return _finish_last(params, _attention_head(params, h_last, c), lengths)
 
 
@@ -221,27 +229,10 @@ def _last_in_piece(h_last, hs, start, lengths):
   return jnp.where(((idx >= 0) & (idx < n))[:, None], row, h_last)
 
 
-def _check_lengths(lengths, xs):
-  """The whole-sequence check of `lengths` (the streamed pieces see them clipped to themselves)."""
-  lengths = jnp.asarray(lengths)
-  batch_shape, T = xs.shape[:-2], xs.shape[-2]
-  if lengths.shape != batch_shape or not jnp.issubdtype(lengths.dtype, jnp.integer):
-    raise ValueError(f"lengths must be integers of the batch shape {batch_shape} of xs; got "
-                     f"{lengths.dtype} of shape {lengths.shape}")
-  try:
-    values = np.asarray(lengths)
-  except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-    return lengths  # traced: out-of-range lengths act as clipped to [0, T], as in seqjax.scan
-  if values.size and (values.min() < 0 or values.max() > T):
-    raise ValueError(f"lengths must lie in [0, T={T}]; got values in "
-                     f"[{values.min()}, {values.max()}]")
-  return lengths
-
-
 def _apply_streamed(cell, params, xs, lengths, per_step, attention, unroll):
   """`apply` with remat: the readout inside the nested checkpointed loop (see `apply`)."""
-  if lengths is not None:
-    lengths = _check_lengths(lengths, xs)
+  if lengths is not None:  # checked whole here: the streamed pieces see them clipped to themselves
+    lengths = _check_lengths(lengths, xs.shape[:-2], xs.shape[-2])
   if per_step:  # linear readout
     _, ys = _stream(cell, params, xs, lengths, unroll, (),
                     lambda extra, hs, start: (extra, readout(params, hs)))

@@ -161,26 +161,38 @@ def _steps_over_seeds(reached, budget):
       f"{text} ({len(crossed)} of {len(reached)}; the others not within {budget})")
 
 
+# seed_table's own columns; any other recorded setting that differs between groups gets one too
+_SEED_TABLE_SHOWN = ("model", "num_layers", "readout", "task", "bit_order", "seq_len",
+                     "hidden_size", "feedback", "seed", "workdir", "wall_time")
+
+
 def seed_table(workdirs, metrics) -> str:
   """Runs that differ only in --seed, averaged: steps to the task's threshold and the final
-  eval_<metric>s as mean ± sd over seeds (population sd)."""
+  eval_<metric>s as mean ± sd over seeds (population sd). Settings that tell the groups apart
+  beyond the fixed columns (e.g. learning_rate) get a column each."""
   groups = {}
   for workdir in workdirs:
     config, rows, _ = read_run(workdir)
     key = json.dumps({k: v for k, v in config.items()
                       if k not in ("seed", "workdir", "wall_time")}, sort_keys=True)
     groups.setdefault(key, (config, []))[1].append(rows)
-  rules = {threshold(c["task"], c["seq_len"]) for c, _ in groups.values()}
+  configs = [c for c, _ in groups.values()]
+  varying = sorted(k for k in set().union(*configs) - set(_SEED_TABLE_SHOWN)
+                   if len({json.dumps(c.get(k)) for c in configs}) > 1)
+  rules = {threshold(c["task"], c["seq_len"]) for c in configs}
   rule = rules.pop() if len(rules) == 1 else (None, None, None)  # one rule for every row
-  header = ["model", "task", "T", "H", "feedback", "seeds"]
+  header = ["model", "task", "T", "H", "feedback", *varying, "seeds"]
   if rule[0]:
     header.append(f"steps to {_rule(*rule)} (mean ± sd)")
   header += [f"final {m} (mean ± sd)" for m in metrics]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for config, runs in groups.values():
     finals = [rows[-1] if rows else {} for rows in runs]
-    cells = [model_label(config), config["task"], str(config["seq_len"]),
-             str(config["hidden_size"]), config.get("feedback", "teacher"), str(len(finals))]
+    task = config["task"] + (f" ({config['bit_order']})" if config["task"] == "binary_addition"
+                             else "")
+    cells = [model_label(config), task, str(config["seq_len"]), str(config["hidden_size"]),
+             config.get("feedback", "teacher"),
+             *[_setting(config.get(k, "—")) for k in varying], str(len(finals))]
     if rule[0]:
       budget = max(f.get("step", 0) for f in finals)
       cells.append(_steps_over_seeds([steps_to_threshold(rows, *rule) for rows in runs], budget))
@@ -189,3 +201,7 @@ def seed_table(workdirs, metrics) -> str:
       cells.append(f"{mean:.3g} ± {sd:.2g}")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
+
+
+def _setting(value) -> str:
+  return f"{value:g}" if isinstance(value, float) else str(value)

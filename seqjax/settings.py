@@ -19,7 +19,11 @@ class RunError(Exception):
 
 
 DTYPES = {"float32": None, "bfloat16": "bfloat16"}  # --dtype -> the cells' matmul dtype
-TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps", "learning_rate")
+# Filled by `resolved`; learning_rate is filled later, by `with_learning_rate`, because a resumed
+# run keeps the rate it was trained with unless one is given.
+TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
+# The recorded settings that shape a run's data (the sequences it is trained and evaluated on).
+DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute")
 
 
 def _field(default, help, kind, choices=None, tasks=None):
@@ -80,18 +84,28 @@ class Settings:
     return self.seeds is not None or self.learning_rates is not None
 
   def resolved(self) -> "Settings":
-    """Fills the task's defaults (the paper's settings, or the binary-addition article's)."""
+    """Fills the task's defaults (the paper's settings, or the binary-addition article's), all
+    but the learning rate (see `with_learning_rate`)."""
     check(self.task in tasks.NAMES, "task", self.task, f"allowed: {', '.join(tasks.NAMES)}")
     defaults = tasks.DEFAULTS[self.task]
     fill = {k: defaults[k] for k in TASK_DEFAULTS if getattr(self, k) is None}
-    if self.learning_rates is not None:
-      fill.pop("learning_rate", None)
     if self.seed is None and self.seeds is None:
       fill["seed"] = 0
     if self.unroll is None:
       fill["unroll"] = default_unroll()
     out = dataclasses.replace(self, **fill)
     return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
+
+  def with_learning_rate(self, recorded: Optional[dict] = None) -> "Settings":
+    """The learning rate(s) filled where neither --learning_rate nor --learning_rates was
+    given: those `recorded` (the config of the run being resumed), else the task's default."""
+    if self.learning_rate is not None or self.learning_rates is not None:
+      return self
+    recorded = recorded or {}
+    if recorded.get("learning_rates") is not None:
+      return dataclasses.replace(self, learning_rates=tuple(recorded["learning_rates"]))
+    return dataclasses.replace(self, learning_rate=recorded.get(
+        "learning_rate", tasks.DEFAULTS[self.task]["learning_rate"]))
 
   def runs(self) -> list:
     """Settings of each run: the cross product of learning rates and seeds, each in its own
@@ -192,6 +206,11 @@ def validate(s: Settings) -> tasks.Task:
     check(len(s.learning_rates) > 0 and all(_positive(v) for v in s.learning_rates)
           and len(set(s.learning_rates)) == len(s.learning_rates), "learning_rates",
           s.learning_rates, "distinct numbers > 0")
+    folders = {}  # each rate's runs live in lr<r:g>-s<seed>: two rates must not print alike
+    for r in s.learning_rates:
+      other = folders.setdefault(f"{r:g}", r)
+      check(other == r, "learning_rates", s.learning_rates,
+            f"{other!r} and {r!r} give the same folders lr{r:g}-s<seed>")
   for name, field in FIELDS.items():  # a setting that means nothing here is refused, not dropped
     only = field.metadata["tasks"]
     if only is not None and s.task not in only and getattr(s, name) != field.default:

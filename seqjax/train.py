@@ -191,35 +191,27 @@ class GroupState(NamedTuple):
 
 
 def over_runs(fn, num_runs: int, in_axes=0, one_at_a_time: bool = False):
-  """fn mapped over the leading `runs` axis of its arguments (in_axes None: an argument every
-  run shares): jax.vmap, or with `one_at_a_time` jax.lax.map, a loop over the runs inside the
-  program (on CPU vmap's batched matmuls are slower than the runs one by one; on a GPU vmap is
-  what fills the chip). One run: fn itself on the squeezed axis, the one-run program."""
-  axes = in_axes if isinstance(in_axes, tuple) else None
-
-  def split(args):
-    return [(a, (axes or (in_axes,) * len(args))[i]) for i, a in enumerate(args)]
-
+  """fn mapped over the leading `runs` axis of its arguments (in_axes: 0, None for an argument
+  every run shares, or a tuple of those per argument): jax.vmap, or with `one_at_a_time`
+  jax.lax.map, a loop over the runs inside the program (on CPU vmap's batched matmuls are slower
+  than the runs one by one; on a GPU vmap is what fills the chip). One run: fn itself on the
+  squeezed axis, the one-run program."""
   if num_runs > 1 and not one_at_a_time:
     return jax.vmap(fn, in_axes=in_axes)
-  if num_runs > 1:
-    def looped(*args):
-      pairs = split(args)
-      mapped = [a for a, ax in pairs if ax is not None]
 
-      def body(items):
-        it = iter(items)
-        return fn(*[next(it) if ax is not None else a for a, ax in pairs])
+  def mapped(*args):
+    axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+    per_run = [a for a, ax in zip(args, axes) if ax is not None]
 
-      return jax.lax.map(body, mapped)
+    def one(items):  # the shared arguments stay out of the map
+      items = iter(items)
+      return fn(*[a if ax is None else next(items) for a, ax in zip(args, axes)])
 
-    return looped
+    if num_runs > 1:
+      return jax.lax.map(one, per_run)
+    return jax.tree.map(lambda x: x[None], one(jax.tree.map(lambda x: x[0], per_run)))
 
-  def one(*args):
-    args = [a if ax is None else jax.tree.map(lambda x: x[0], a) for a, ax in split(args)]
-    return jax.tree.map(lambda x: x[None], fn(*args))
-
-  return one
+  return mapped
 
 
 def runs_one_at_a_time(runs_spread_over_devices: bool) -> bool:
@@ -231,15 +223,21 @@ def make_group_step(cfg: Config, num_runs: int, state_sharding=None, out_shardin
                     one_at_a_time: bool = False):
   """(GroupState, seeds int32 [R]) -> (GroupState, metrics {name: [R]}); donates the state.
 
-  The one-run step mapped over the runs (`over_runs`). A run whose loss is not finite keeps the state it had
-  before that step and stays frozen; the others go on.
+  The one-run step mapped over the runs (`over_runs`). A run whose loss or new params are not
+  finite (metrics["finite"] False) keeps the state it had before that step and stays frozen, as
+  does a run whose `alive` the caller cleared; the others go on.
   """
   step = one_run_step(cfg)
 
   def guarded(state, alive, seed):
     new, metrics = step(state, seed)
-    ok = alive & jnp.isfinite(metrics["loss"])
-    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state), ok, metrics
+    # the new params too: a finite loss can come with a non-finite update, and the frozen state
+    # must be the last finite one
+    finite = jnp.isfinite(metrics["loss"]) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new.params)]))
+    ok = alive & finite
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state), ok, \
+        dict(metrics, finite=finite)
 
   def group_step(group: GroupState, seeds):
     runs, alive, metrics = over_runs(guarded, num_runs, one_at_a_time=one_at_a_time)(

@@ -12,6 +12,7 @@ import os
 
 import jax
 import numpy as np
+from flax import serialization
 
 from seqjax import checkpoint, plots, report, train
 from seqjax.report import read_json, read_jsonl, write_jsonl
@@ -25,12 +26,34 @@ RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning
 
 
 def _check_same_experiment(path: str, s: Settings) -> None:
+  """Only called where a checkpoint will be resumed: a folder that never checkpointed holds no
+  run yet, and may be reused with other settings."""
   if os.path.exists(path):
     previous = read_json(path)
     for key, value in s.recorded().items():
       if key not in RESUMABLE_CHANGES and key in previous and previous[key] != value:
         raise RunError(f"--{key}={value}: {os.path.dirname(path)} holds a run with "
                        f"--{key}={previous[key]}; use another --workdir")
+
+
+def resumed_config(s: Settings) -> dict:
+  """The recorded settings of the run (or group) that `s` would resume: its config.json (a
+  group's group.json) where its checkpoint exists, else {} (nothing to resume)."""
+  if s.is_group:
+    config, ckpt = os.path.join(s.workdir, GROUP_CONFIG), os.path.join(s.workdir, GROUP_CHECKPOINT)
+  else:
+    config, ckpt = os.path.join(s.workdir, "config.json"), checkpoint.path_in(s.workdir)
+  return read_json(config) if os.path.isfile(ckpt) and os.path.isfile(config) else {}
+
+
+def _saved_steps(path: str) -> np.ndarray:
+  """The step of each run in a checkpoint (a group's: [R]; a run's: [1]), without its config."""
+  try:
+    with open(path, "rb") as f:
+      saved = serialization.msgpack_restore(f.read())
+    return np.atleast_1d(np.asarray((saved["runs"] if "runs" in saved else saved)["step"]))
+  except Exception as e:  # any unreadable file means the same to the user
+    raise checkpoint.CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__})") from None
 
 
 def _settings_from(saved: dict) -> Settings:
@@ -46,8 +69,8 @@ def load(workdir: str):
     if not os.path.exists(path):
       raise RunError(f"--workdir={workdir}: no {os.path.basename(path)} (not a trained run)")
   try:
-    # the devices it trained on say nothing about the ones here
-    s = dataclasses.replace(_settings_from(read_json(config_path)), num_devices=None).resolved()
+    # inference needs no mesh: one device, whatever it trained on and whatever is here
+    s = dataclasses.replace(_settings_from(read_json(config_path)), num_devices=1).resolved()
   except TypeError as e:
     raise RunError(f"{config_path} is unreadable ({e})") from None
   tcfg = train_config(s, validate(s))
@@ -65,15 +88,33 @@ class Folders:
 
   def __init__(self, s: Settings, lead: bool = True):
     self.settings, self.lead, self.runs = s, lead, s.runs()
+    folders = [s.workdir] + ([r.workdir for r in self.runs] if s.is_group else [])
+    for path in folders:
+      if os.path.exists(path) and not os.path.isdir(path):
+        raise RunError(f"--workdir={s.workdir}: {path} is a file, not a folder")
     self.group_ckpt = os.path.join(s.workdir, GROUP_CHECKPOINT) if s.is_group else None
-    if s.is_group:
+    resumes = self.group_ckpt is not None and os.path.exists(self.group_ckpt)
+    if resumes:
       _check_same_experiment(os.path.join(s.workdir, GROUP_CONFIG), s)
-    for r in self.runs:
-      _check_same_experiment(os.path.join(r.workdir, "config.json"), r)
-      if s.is_group and not os.path.exists(self.group_ckpt) and os.path.exists(
-          checkpoint.path_in(r.workdir)):
-        raise RunError(f"{checkpoint.path_in(r.workdir)} was not written by this group (no "
-                       f"{self.group_ckpt}); use another --workdir")
+      group_steps = _saved_steps(self.group_ckpt)
+    for i, r in enumerate(self.runs):
+      own = checkpoint.path_in(r.workdir)
+      if resumes or os.path.exists(own):
+        _check_same_experiment(os.path.join(r.workdir, "config.json"), r)
+      if s.is_group and not resumes and os.path.exists(own):
+        raise RunError(f"{own} was not written by this group (no {self.group_ckpt}); use "
+                       "another --workdir")
+      # resuming the group would cut such a run back to the group's step and overwrite it
+      if resumes and os.path.exists(own) and i < len(group_steps) and (
+          (alone := int(_saved_steps(own)[0])) > int(group_steps[i])):
+        raise RunError(f"{r.workdir} was continued alone to step {alone}, past the group's step "
+                       f"{int(group_steps[i])}; resume it alone or use another --workdir")
+    if lead:
+      for path in folders:
+        try:
+          os.makedirs(path, exist_ok=True)
+        except OSError as e:
+          raise RunError(f"--workdir={s.workdir}: cannot create {path} ({e.strerror})") from None
 
   def names(self):
     return [os.path.relpath(r.workdir, self.settings.workdir) for r in self.runs]
@@ -104,7 +145,6 @@ class Folders:
     if not self.lead:
       return
     for run, run_rows in zip(self.runs, rows):
-      os.makedirs(run.workdir, exist_ok=True)
       checkpoint.write_atomic(os.path.join(run.workdir, "config.json"),
                               json.dumps(dict(run.recorded(), **extra), indent=2) + "\n")
       write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), run_rows)

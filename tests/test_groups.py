@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -16,7 +17,7 @@ from absl.testing import flagsaver
 from flax import serialization
 
 from launch import main as launch_main
-from seqjax import experiment
+from seqjax import cells, experiment, tasks, train, workdir
 from seqjax.settings import FIELDS, Settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,6 +144,8 @@ def _main(**overrides):
     (dict(learning_rates=["0.1", "0"]), "--learning_rates=0.1,0: distinct numbers > 0"),
     (dict(learning_rates=["-0.001"]), "--learning_rates=-0.001: distinct numbers > 0"),
     (dict(learning_rates=["0.1", "0.1"]), "--learning_rates=0.1,0.1: distinct numbers > 0"),
+    (dict(learning_rates=["0.001", "0.0010000001"]),
+     "0.001 and 0.0010000001 give the same folders lr0.001-s<seed>"),
     (dict(seed=1, seeds=["0", "1"]), "--seeds=0,1: give --seed or --seeds, not both"),
     (dict(learning_rate=0.1, learning_rates=["0.1", "0.2"]),
      "--learning_rates=0.1,0.2: give --learning_rate or --learning_rates, not both"),
@@ -207,3 +210,107 @@ def test_sigterm_checkpoints_the_group_and_the_same_command_resumes(tmp_path):
   assert f"resuming {tmp_path} from step {stopped_at}" in out
   for sub in ("s0", "s1"):
     assert _rows(tmp_path / sub)[-1]["step"] == stopped_at + 2
+
+
+@pytest.mark.slow
+def test_a_run_resumed_alone_keeps_its_rate_and_the_group_will_not_overwrite_it(tmp_path):
+  group = tmp_path / "group"
+  _run(TINY, seeds=(0,), learning_rates=(0.003,), num_steps=2, eval_every=1, workdir=str(group))
+  sub = group / "lr0.003-s0"
+  # no --learning_rate: it goes on at the rate it was trained with, as the solo run at 0.003 does
+  _run(TINY, seed=0, num_steps=3, eval_every=1, workdir=str(sub))
+  assert json.loads((sub / "config.json").read_text())["learning_rate"] == 0.003
+  _run(TINY, seed=0, learning_rate=0.003, num_steps=3, eval_every=1, workdir=str(tmp_path / "solo"))
+  _assert_same_rows(_rows(sub), _rows(tmp_path / "solo"))
+  # resuming the group would cut it back to step 2: refused before anything is written
+  before = {p.name: p.read_bytes() for p in sub.iterdir()}
+  group_ckpt = (group / "group_checkpoint.msgpack").read_bytes()
+  with pytest.raises(experiment.RunError) as e:
+    _run(TINY, seeds=(0,), num_steps=4, eval_every=1, workdir=str(group))
+  assert str(e.value) == (f"{sub} was continued alone to step 3, past the group's step 2; "
+                          "resume it alone or use another --workdir")
+  assert {p.name: p.read_bytes() for p in sub.iterdir()} == before
+  assert (group / "group_checkpoint.msgpack").read_bytes() == group_ckpt
+  # an explicit other rate is taken (Adam's state does not depend on it) and said
+  lines = []
+  experiment.run(dataclasses.replace(TINY, seed=0, learning_rate=0.001, num_steps=4,
+                                     eval_every=1, workdir=str(sub)), log=lines.append)
+  assert json.loads((sub / "config.json").read_text())["learning_rate"] == 0.001
+  assert f"--learning_rate=0.001: {sub} was trained at 0.003; it goes on at 0.001" in lines[0]
+  saved = serialization.msgpack_restore((sub / "checkpoint.msgpack").read_bytes())
+  np.testing.assert_allclose(saved["opt_state"]["hyperparams"]["learning_rate"], 0.001)
+
+
+def test_a_folder_that_never_checkpointed_may_be_reused_with_other_settings(tmp_path):
+  s = dataclasses.replace(TINY, model="rnn", task="adding", seq_len=6, num_steps=4,
+                          eval_every=100, workdir=str(tmp_path))
+  with pytest.raises(experiment.RunError) as e:
+    _run(s, learning_rate=1e30)
+  assert "no checkpoint yet" in str(e.value) and "last good checkpoint" not in str(e.value)
+  assert not (tmp_path / "checkpoint.msgpack").exists()
+  # no run to resume: other settings are fine, and the task's rate, not the diverged one
+  _run(s, clip_norm=1.0, num_steps=2, eval_every=2)
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["clip_norm"] == 1.0 and config["learning_rate"] == 1e-3
+  assert [r["step"] for r in _rows(tmp_path)] == [2]
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file", "uncreatable"])
+@pytest.mark.parametrize("group", [False, True])
+def test_a_bad_workdir_is_one_line_and_nothing_is_written(where, group, tmp_path):
+  (tmp_path / "f").write_text("mine")
+  workdir = {"file": tmp_path / "f", "under_a_file": tmp_path / "f" / "run",
+             "uncreatable": "/proc/seqjax-test-run"}[where]
+  with pytest.raises(SystemExit) as e:
+    _main(workdir=str(workdir), **({"seeds": ["0", "1"]} if group else {}))
+  text = str(e.value.code)
+  assert text.startswith(f"error: --workdir={workdir}: ") and "\n" not in text, text
+  assert [p.name for p in tmp_path.iterdir()] == ["f"] and (tmp_path / "f").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_a_run_diverged_at_evaluation_is_frozen_on_the_device_too(tmp_path, monkeypatch):
+  real = train.make_group_evaluate
+
+  def run_1_eval_is_nan(*args, **kwargs):
+    evaluate = real(*args, **kwargs)
+    return lambda params, held_out: dict(evaluate(params, held_out), loss=evaluate(
+        params, held_out)["loss"].at[1].set(np.nan))
+
+  monkeypatch.setattr(train, "make_group_evaluate", run_1_eval_is_nan)
+  with pytest.raises(experiment.Diverged) as e:
+    _run(TINY, seeds=(0, 1), num_steps=4, eval_every=2, workdir=str(tmp_path))
+  assert "s1 at step 2" in str(e.value)
+  group = serialization.msgpack_restore((tmp_path / "group_checkpoint.msgpack").read_bytes())
+  assert list(group["alive"]) == [True, False] and list(group["runs"]["step"]) == [4, 2]
+
+
+def _finite(tree):
+  return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+
+
+@pytest.mark.slow
+def test_a_non_finite_update_freezes_the_run_at_its_last_finite_state(tmp_path, monkeypatch):
+  # lr inf: the first loss is finite, the params after the update are not
+  cfg = train.Config(cell=cells.get("lstm", hidden_size=4), task=tasks.get("binary_addition",
+                     seq_len=4), optimizer=train.make_optimizer(1e-3), batch_size=8)
+  runs = [train.init_state(cfg, train.param_key(s)) for s in (0, 1)]
+  stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *runs)
+  stacked = train.set_learning_rate(stacked, np.array([1e-3, np.inf], np.float32))
+  before = jax.tree.map(np.asarray, stacked)
+  state, metrics = train.make_group_step(cfg, 2)(train.GroupState(stacked, np.ones(2, bool)),
+                                                 np.array([0, 1], np.int32))
+  assert np.isfinite(metrics["loss"]).all() and list(metrics["finite"]) == [True, False]
+  assert list(state.alive) == [True, False] and list(state.runs.step) == [1, 0]
+  jax.tree.map(lambda got, want: np.testing.assert_array_equal(got[1], want[1]), state.runs.params,
+               before.params)
+  # the runner marks it diverged, and the group checkpoint holds its finite state
+  real = workdir.train.set_learning_rate
+  monkeypatch.setattr(workdir.train, "set_learning_rate",
+                      lambda runs, rates: real(runs, np.array([rates[0], np.inf], np.float32)))
+  with pytest.raises(experiment.Diverged) as e:
+    _run(TINY, seeds=(0, 1), num_steps=2, eval_every=2, workdir=str(tmp_path))
+  assert "s1 at step 1" in str(e.value)
+  group = serialization.msgpack_restore((tmp_path / "group_checkpoint.msgpack").read_bytes())
+  assert list(group["alive"]) == [True, False] and list(group["runs"]["step"]) == [2, 0]
+  assert _finite(group["runs"]["params"])

@@ -9,9 +9,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import serialization
 
 from helpers import loop, random_params
-from seqjax import cells, experiment, introspect, plots, train
+from seqjax import cells, experiment, introspect, models, plots, train
 from task_helpers import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -86,10 +87,13 @@ def test_readout_attention_is_the_softmax_of_the_last_query():
   rng = np.random.default_rng(1)
   H, T = 4, 6
   readout = {k: rng.normal(size=(H, H)).astype(np.float32) for k in ("W_q", "W_k", "W_v")}
-  hs = rng.normal(size=(2, T, H)).astype(np.float32)
-  lengths = np.array([6, 4])
-  alpha = introspect.readout_attention(readout, hs, lengths)
-  for b, L in enumerate(lengths):
+  hs = rng.normal(size=(3, T, H)).astype(np.float32)
+  lengths = np.array([6, 4, 0])
+  alpha = np.asarray(models.last_step_attention({"readout": readout}, hs, lengths))
+  assert (alpha[2] == 0).all()  # length 0: no last step, no weights
+  np.testing.assert_allclose(  # no lengths: every step valid
+      np.asarray(models.last_step_attention({"readout": readout}, hs[:1])), alpha[:1], rtol=1e-6)
+  for b, L in enumerate(lengths[:2]):
     h = hs[b].astype(np.float64)
     scores = (h[L - 1] @ readout["W_q"]) @ (h[:L] @ readout["W_k"]).T / np.sqrt(H)
     expected = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
@@ -166,8 +170,8 @@ def test_runs_side_by_side_with_an_attention_readout(runs, tmp_path):
   held = tcfg.task.held_out(train.eval_key(cfg.seed), cfg.eval_size)
   few = jax.tree.map(lambda v: v[:2], held)
   attention = introspect.describe(tcfg.cell, with_attention, tcfg.task, few, 3)
-  np.testing.assert_allclose(attention["strip"], introspect.readout_attention(
-      with_attention["readout"], attention["hs"]), rtol=1e-6)
+  np.testing.assert_allclose(attention["strip"], models.last_step_attention(
+      with_attention, attention["hs"]), rtol=1e-6)
   np.testing.assert_allclose(attention["strip"].sum(-1), 1.0, rtol=1e-5)
   marks = [introspect.landmarks("adding", few, b) for b in range(2)]
   three = str(tmp_path / "three.png")
@@ -181,8 +185,34 @@ def test_runs_of_different_lengths_are_refused_in_one_line(runs, tmp_path):
   with pytest.raises(experiment.RunError) as error:
     introspect.inspect_runs([runs["rwa"], runs["short"]], str(tmp_path / "x.png"))
   message = str(error.value)
-  assert "T=9" in message and "T=12" in message and "\n" not in message
+  assert "--seq_len=9" in message and "--seq_len=12" in message and "\n" not in message
   assert not (tmp_path / "x.png").exists()
+
+
+def test_runs_trained_on_other_data_are_refused_in_one_line(tmp_path):
+  # same task and length, but the other bit order: drawn on the first run's sequences, the
+  # second would be read backwards
+  for order in ("lsb_first", "msb_first"):
+    experiment.run(experiment.Settings(model="lstm", task="binary_addition", seq_len=4,
+                                       bit_order=order, hidden_size=4, batch_size=8, num_steps=1,
+                                       eval_every=1, eval_size=8, workdir=str(tmp_path / order)),
+                   log=lambda line: None)
+  with pytest.raises(experiment.RunError) as error:
+    introspect.inspect_runs([str(tmp_path / "lsb_first"), str(tmp_path / "msb_first")],
+                            str(tmp_path / "x.png"))
+  message = str(error.value)
+  assert "--bit_order=msb_first" in message and "--bit_order=lsb_first" in message
+  assert "\n" not in message and not (tmp_path / "x.png").exists()
+
+
+def test_load_opens_a_run_on_a_host_with_more_devices(runs, monkeypatch):
+  # batch 8 on a host with 16 devices: no mesh is needed to run a trained model
+  monkeypatch.setattr(jax, "local_device_count", lambda *a, **k: 16)
+  cfg, _, params = experiment.load(runs["lstm"])
+  assert cfg.batch_size == 8 and cfg.num_devices == 1
+  want = serialization.msgpack_restore(open(os.path.join(runs["lstm"], "checkpoint.msgpack"),
+                                            "rb").read())["params"]
+  np.testing.assert_array_equal(params["readout"]["W"], want["readout"]["W"])
 
 
 @pytest.mark.slow

@@ -234,9 +234,13 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
     for run in ("s0", "s1"):  # each an ordinary run folder, as launch.main writes it
       assert {"config.json", "metrics.jsonl", "checkpoint.msgpack", "curves.png"} <= {
           p.name for p in (tmp_path / group / run).iterdir()}
-  per_run, over_seeds = (t.splitlines() for t in (tmp_path / "results.md").read_text().split("\n\n"))
-  assert len(per_run) == 2 + 8 and "steps to sequence_accuracy > 0.99" in per_run[0]
-  assert len(over_seeds) == 2 + 4 and all("| 2 |" in row for row in over_seeds[2:])  # 2 seeds each
+  table = (tmp_path / "results.md").read_text().splitlines()
+  # a row per run, then the spread over seeds: a row per configuration, told apart
+  assert len(table) == 2 + 8 + 1 + 2 + 4 and "steps to sequence_accuracy > 0.99" in table[0]
+  assert table[10] == "" and "| seeds |" in table[11]
+  assert [r.split(" | 2 | ")[0] for r in table[13:]] == [
+      f"| {m} | binary_addition ({o}) | 4 | 4 | teacher" for m in ("gru", "gru x2")
+      for o in ("lsb_first", "msb_first")]
   assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert json.load(open(tmp_path / "gru-x2-msb_first" / "s1" / "config.json"))["num_layers"] == 2
   seed0 = _rows(tmp_path / "gru-x2-msb_first" / "s0")
@@ -249,6 +253,8 @@ def test_compare_rejects_bad_lists_before_running(tmp_path):
                         ("--num_layers=1,0", "--num_layers=1,0: must be an integer >= 1"),
                         ("--seeds=a", "--seeds=a"), ("--seeds=1,1", "--seeds=1,1: distinct"),
                         ("--readouts=linear,mlp", "'mlp' is not one of"),
+                        ("--models=rwa,lstm,rwa", "--models=rwa,lstm,rwa: rwa is listed twice"),
+                        ("--num_layers=2,2", "--num_layers=2,2: 2 is listed twice"),
                         ("--bit_orders=msb_first", "--bit_order=msb_first: applies only to the binary_addition task")]:
     out = subprocess.run([sys.executable, "-m", "launch.compare", "--task=adding", flag,
                           f"--workdir={tmp_path / 'c'}"], cwd=ROOT, capture_output=True,

@@ -72,6 +72,33 @@ def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
   assert table[3] == "| lstm | decay | 50 | 64 | teacher | 1 | 5 ± 0 |"
 
 
+def test_seed_table_tells_groups_apart_by_learning_rate_and_bit_order(tmp_path):
+  # the subfolders of `--learning_rates=0.003,0.01 --seeds=0,1 --bit_order=msb_first`, and one
+  # lsb_first group
+  base = {"model": "lstm", "task": "binary_addition", "seq_len": 8, "hidden_size": 16,
+          "num_layers": 1, "clip_norm": 0.0}
+  runs = []
+  for order, lr, seed, acc in [("msb_first", 0.003, 0, 0.5), ("msb_first", 0.003, 1, 0.7),
+                               ("msb_first", 0.01, 0, 0.9), ("msb_first", 0.01, 1, 0.9),
+                               ("lsb_first", 0.003, 0, 1.0)]:
+    d = tmp_path / order / f"lr{lr:g}-s{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(dict(base, bit_order=order, learning_rate=lr,
+                                                   seed=seed, workdir=str(d))))
+    (d / "metrics.jsonl").write_text(json.dumps(
+        {"step": 10, "eval_accuracy": acc, "eval_sequence_accuracy": acc}) + "\n")
+    runs.append(d)
+  table = report.seed_table(runs, ["accuracy"]).splitlines()
+  assert table[0].startswith("| model | task | T | H | feedback | learning_rate | seeds |")
+  assert table[2:] == [
+      "| lstm | binary_addition (msb_first) | 8 | 16 | teacher | 0.003 | 2 | not within 10 "
+      "| 0.6 ± 0.1 |",
+      "| lstm | binary_addition (msb_first) | 8 | 16 | teacher | 0.01 | 2 | not within 10 "
+      "| 0.9 ± 0 |",
+      "| lstm | binary_addition (lsb_first) | 8 | 16 | teacher | 0.003 | 1 | not within 10 "
+      "| 1 ± 0 |"]
+
+
 def _group(root, label, config, mse_by_seed):
   """A group's subfolders <root>/<label>/s<seed>, one evaluation per 100 steps."""
   for seed, series in mse_by_seed.items():
