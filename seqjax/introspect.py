@@ -201,7 +201,8 @@ def inspect_runs(workdirs, output=None, num_examples=4, top_units=16):
   if output is None:
     output = os.path.join(workdirs[0], "states.png" if len(workdirs) == 1
                           else "states_side_by_side.png")
-  names = " vs ".join(tcfg.cell.name for _, _, tcfg, _ in loaded)
+  names = " vs ".join(tcfg.cell.name + (" + attention" if "W_q" in params.get("readout", {}) else "")
+                     for _, _, tcfg, params in loaded)
   plots.hidden_states(runs, marks, output, f"{names}: hidden state on {task.name} (T={task.seq_len}), "
               f"the {min(top_units, runs[0][1]['hs'].shape[2])} units moving most")
   return described, [output] + written
