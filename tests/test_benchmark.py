@@ -1,5 +1,6 @@
 """The benchmark runs end to end on tiny shapes and reports what it promises (no timing asserts)."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -8,6 +9,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
   out_json = tmp_path / "bench.json"
   out = subprocess.run(

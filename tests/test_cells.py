@@ -226,6 +226,7 @@ def test_low_precision_inputs_keep_float32_state(name):
 # Documented bounds for dtype=bfloat16 (BUILD_NOTES.md): over 100 steps with H = 32 and the
 # default init, |h_bf16 - h_f32| <= 0.02 and the gradient's relative error <= 3% per param.
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_bfloat16_matmuls_keep_float32_state_and_stay_within_the_documented_bounds(name):
   c32, c16 = cells.get(name, 32), cells.get(name, 32, dtype=jnp.bfloat16)
   params = c32.init(jax.random.key(0), F)

@@ -82,6 +82,7 @@ print(json.dumps({"checked": checked, "loaded": loaded}))
 """
 
 
+@pytest.mark.slow
 def test_cells_and_scan_run_without_the_train_packages():
   env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", CORE_SCRIPT, json.dumps(TRAIN_ONLY)], cwd=ROOT,

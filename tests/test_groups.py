@@ -47,6 +47,7 @@ def _assert_same_rows(got, want, rtol=1e-5):
       np.testing.assert_allclose(g[key], w[key], rtol=rtol, atol=1e-7, err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_groups_runs_equal_their_solo_runs(tmp_path):
   group = tmp_path / "group"
   _run(TINY, seeds=(0, 1), learning_rates=(0.001, 0.01), workdir=str(group))
@@ -67,6 +68,7 @@ def test_a_groups_runs_equal_their_solo_runs(tmp_path):
   assert len(table) == 2 + 4 and table[2].startswith("| lr0.001-s0 | lstm |")
 
 
+@pytest.mark.slow
 def test_a_resumed_group_ends_where_an_uninterrupted_one_does(tmp_path):
   s = dataclasses.replace(TINY, seeds=(3, 5), eval_every=3)
   _run(s, num_steps=9, workdir=str(tmp_path / "whole"))
@@ -80,6 +82,7 @@ def test_a_resumed_group_ends_where_an_uninterrupted_one_does(tmp_path):
         (tmp_path / "whole" / sub / "checkpoint.msgpack").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_subfolder_goes_on_alone_as_an_ordinary_run(tmp_path):
   _run(TINY, seeds=(0, 1), learning_rates=(0.003,), num_steps=6, eval_every=3,
        workdir=str(tmp_path / "group"))
@@ -92,6 +95,7 @@ def test_a_subfolder_goes_on_alone_as_an_ordinary_run(tmp_path):
   _assert_same_rows(_rows(sub), _rows(tmp_path / "solo"))
 
 
+@pytest.mark.slow
 def test_a_diverging_run_freezes_alone(tmp_path):
   # lr 1e19: the first update makes the outputs overflow, the second step's loss is inf
   s = dataclasses.replace(TINY, model="rnn", task="adding", seq_len=6, num_steps=8, eval_every=2)
@@ -170,6 +174,7 @@ def test_bad_group_and_inapplicable_flags_exit_with_one_line_and_write_nothing(
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_only_the_settings_that_apply_are_recorded(tmp_path):
   _main(task="adding", workdir=str(tmp_path / "a"))
   config = json.loads((tmp_path / "a" / "config.json").read_text())

@@ -132,6 +132,7 @@ def _check_run(workdir, described, n):
   return tcfg, params, held
 
 
+@pytest.mark.slow
 def test_one_run_picture_and_its_ranking(runs):
   described, written = introspect.inspect_runs([runs["rwa"]], num_examples=3, top_units=4)
   path = os.path.join(runs["rwa"], "states.png")
@@ -146,6 +147,7 @@ def test_one_run_picture_and_its_ranking(runs):
   np.testing.assert_allclose(run["strip"], shares[:, :, run["shown"]].mean(-1), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_runs_side_by_side_with_an_attention_readout(runs, tmp_path):
   output = str(tmp_path / "side.png")
   described, written = introspect.inspect_runs([runs["rwa"], runs["lstm"]], output,

@@ -77,6 +77,7 @@ def test_linen_init_is_cell_init(cell):
   assert_trees_close(variables["params"]["cell"]["cell"], cell.init(keys[0], F), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_linen_matches_scan_outputs_carry_and_grads(cell):
   rnn = nn.RNN(LinenCell(cell), return_carry=True)
   xs, P = inputs(), perturbed(cell)
@@ -105,6 +106,7 @@ def test_linen_seq_lengths(cell):
   assert_valid_steps_close(hs, expected, LENGTHS)
 
 
+@pytest.mark.slow
 def test_linen_bidirectional_halves_are_scans():
   fwd, bwd = cells.stack([cells.lstm(5), cells.rwa(4)]), cells.gru(3)
   bi = nn.Bidirectional(nn.RNN(LinenCell(fwd)), nn.RNN(LinenCell(bwd)), return_carry=True)
@@ -210,6 +212,7 @@ RWA_CELLS = {"rwa": lambda: cells.rwa(4),
 
 
 @pytest.mark.parametrize("name", list(RWA_CELLS))
+@pytest.mark.slow
 def test_rwa_external_carry_gives_s0_its_gradient_and_never_goes_stale(name):
   """The carry a user makes with initialize_carry and passes as initial_carry: the gradients
   (s0's included) are those of seqjax.scan from the cell's own start, and after the params change
@@ -261,6 +264,7 @@ def test_rwa_external_carry_gives_s0_its_gradient_and_never_goes_stale(name):
 # flax.nnx
 
 
+@pytest.mark.slow
 def test_nnx_matches_scan_before_and_after_set_params_and_grads(cell):
   module = NnxCell(cell, input_size=F, rngs=nnx.Rngs(0))
   assert_trees_close(module.get_params(), cell.init(nnx.Rngs(0).params(), F), rtol=0, atol=0)

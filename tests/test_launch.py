@@ -37,6 +37,7 @@ def _rows(workdir):
 
 
 @pytest.mark.parametrize("task", sorted(TASK_OPTS))
+@pytest.mark.slow
 def test_every_task_runs_end_to_end(task, tmp_path):
   model = "rwa" if task != "copy" else "lstm"
   _run(task=task, model=model, workdir=str(tmp_path), **TASK_OPTS[task])
@@ -57,6 +58,7 @@ def test_every_task_runs_end_to_end(task, tmp_path):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_task_metrics_are_written(tmp_path):
   expected = {"binary_addition": {"eval_accuracy", "eval_sequence_accuracy", "eval_perplexity"},
               "adding": {"eval_mse"}, "copy": {"eval_accuracy", "eval_bits_per_step"}}
@@ -66,6 +68,7 @@ def test_task_metrics_are_written(tmp_path):
     assert keys <= set(_rows(workdir)[-1]), (task, _rows(workdir)[-1].keys())
 
 
+@pytest.mark.slow
 def test_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path):
   opts = dict(task="binary_addition", model="lstm", seq_len=5, eval_every=3)
   _run(workdir=str(tmp_path / "whole"), **{**opts, "num_steps": 9})
@@ -80,6 +83,7 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path):
     assert a.read() == b.read()  # same params and optimizer state, bit for bit
 
 
+@pytest.mark.slow
 def test_resume_may_change_unroll_and_remat_and_ends_where_the_whole_run_does(tmp_path):
   opts = dict(task="adding", model="rwa", seq_len=7, eval_every=3)
   _run(workdir=str(tmp_path / "whole"), **{**opts, "num_steps": 6})
@@ -92,6 +96,7 @@ def test_resume_may_change_unroll_and_remat_and_ends_where_the_whole_run_does(tm
   assert config["unroll"] == 3 and config["remat"] is True
 
 
+@pytest.mark.slow
 def test_bfloat16_matmuls_run_close_to_float32_and_are_recorded(tmp_path):
   opts = dict(task="adding", model="lstm", seq_len=6, num_steps=2, eval_every=2)
   _run(workdir=str(tmp_path / "f32"), **opts)
@@ -162,6 +167,7 @@ def test_corrupt_checkpoint_is_named_and_left_alone(tmp_path):
   assert ckpt.read_bytes() == b"not a checkpoint"
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
   _run(task="adding", seq_len=6, model="rnn", workdir=str(tmp_path), num_steps=2)
   good = (tmp_path / "checkpoint.msgpack").read_bytes()
@@ -172,6 +178,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
   assert (tmp_path / "checkpoint.msgpack").read_bytes() == good
 
 
+@pytest.mark.slow
 def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path):
   args = ["--task=adding", "--seq_len=6", "--hidden_size=4", "--batch_size=8",
           "--num_steps=1000000", "--eval_every=1", "--eval_size=8", f"--workdir={tmp_path}"]
@@ -195,6 +202,7 @@ def test_ctrl_c_checkpoints_and_the_same_command_resumes(tmp_path):
 
 @pytest.mark.parametrize("task", ["trajectory", "decay"])
 @pytest.mark.parametrize("feedback", ["teacher", "free", "scheduled"])
+@pytest.mark.slow
 def test_feedback_modes_run_end_to_end(task, feedback, tmp_path):
   decay = dict(teacher_forcing_decay_steps=4) if feedback == "scheduled" else {}
   _run(task=task, model="lstm", seq_len=8, feedback=feedback, workdir=str(tmp_path), **decay)
@@ -219,6 +227,7 @@ def test_bad_feedback_settings_are_named(overrides, message, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "launch.compare", "--task=binary_addition", "--seq_len=4",
@@ -248,6 +257,7 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
   assert seed0[-1]["eval_loss"] != seed1[-1]["eval_loss"]  # seeds really differ
 
 
+@pytest.mark.slow
 def test_compare_rejects_bad_lists_before_running(tmp_path):
   for flag, message in [("--models=rwa,transformer", "--models=rwa,transformer: 'transformer' is not one of"),
                         ("--num_layers=1,0", "--num_layers=1,0: must be an integer >= 1"),
@@ -264,6 +274,7 @@ def test_compare_rejects_bad_lists_before_running(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["seq_length", "trajectory"])
+@pytest.mark.slow
 def test_inspect_draws_the_state_and_task_pictures(task, tmp_path):
   _run(task=task, model="rwa", workdir=str(tmp_path), **TASK_OPTS[task])
   out = subprocess.run([sys.executable, "-m", "launch.inspect", f"--workdir={tmp_path}",

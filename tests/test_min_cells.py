@@ -34,6 +34,7 @@ def _lengths_for(batch, T):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", MIN)
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
+@pytest.mark.slow
 def test_scan_and_step_equal_numpy_loop_with_lengths(name, path, batch):
   T = 8
   cell, params, xs = _problem(name, path, batch, T)
@@ -53,6 +54,7 @@ def test_scan_and_step_equal_numpy_loop_with_lengths(name, path, batch):
 
 @pytest.mark.parametrize("name", MIN)
 @pytest.mark.parametrize("input_size", [F, 40])  # 40: the loop over hoisted projections
+@pytest.mark.slow
 def test_associative_path_equals_loop_path(name, input_size):
   T = 13
   lengths = jnp.array([13, 0, 6])
@@ -71,6 +73,7 @@ def test_associative_path_equals_loop_path(name, input_size):
 
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", MIN)
+@pytest.mark.slow
 def test_streaming_in_pieces_equals_one_scan(name, path):
   T = 11
   cell, params, xs = _problem(name, path, T=T)
@@ -100,6 +103,7 @@ def _literal_with_lengths(cell, params, xs, lengths, state0):
 @pytest.mark.parametrize("remat", [False, True])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("name", [*MIN, "lstm+min_rwa+min_gru"])
+@pytest.mark.slow
 def test_gradients_equal_the_literal_step_loop_in_float64(name, path, remat):
   """Params, inputs and initial state; lengths 0, T and between; remat; a mixed stack."""
   T = 10
@@ -132,6 +136,7 @@ def test_gradients_equal_the_literal_step_loop_in_float64(name, path, remat):
 
 
 @pytest.mark.parametrize("name", MIN)
+@pytest.mark.slow
 def test_scan_gradients_match_float64_central_differences(name):
   with jax.enable_x64(True):
     cell, params, xs = _problem(name, "associative", T=7, key=2, dtype=jnp.float64)
@@ -153,6 +158,7 @@ def test_scan_gradients_match_float64_central_differences(name):
 @pytest.mark.parametrize("path, input_size", [("associative", F), ("loop", F), ("loop", 40)])
 @pytest.mark.parametrize("name", MIN)
 @pytest.mark.parametrize("garbage", [np.nan, np.inf, -1e30])
+@pytest.mark.slow
 def test_padding_garbage_gives_what_clean_padding_gives(name, path, input_size, garbage):
   T = 8
   cell, params, xs = _problem(name, path, T=T, input_size=input_size)
@@ -214,6 +220,7 @@ def test_min_rwa_huge_scores_and_long_sequences_stay_finite(path):
 
 
 @pytest.mark.parametrize("path", PATHS)
+@pytest.mark.slow
 def test_min_lstm_gates_that_both_underflow_give_no_nan(path):
   """f and i both ~e^-200 (0 in float32): f/(f+i) is still defined, and so is its gradient."""
   cell, params, xs = _problem("min_lstm", path, T=5)

@@ -24,6 +24,7 @@ def _readout(params, h):
 
 
 @pytest.mark.parametrize("name", cells.NAMES)
+@pytest.mark.slow
 def test_last_valid_step_readout(name):
   cell, params = _model(name)
   xs = jax.random.normal(jax.random.key(5), (4, 6, F))
@@ -80,6 +81,7 @@ def test_scheduled_sampling_extremes_are_teacher_forcing_and_free_running():
                              free, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_closed_loop_gradient_matches_float64_finite_differences():
   with jax.enable_x64(True):
     cell, params = _model("rwa")
@@ -145,6 +147,7 @@ def test_attention_init_has_exactly_the_documented_keys_and_shapes():
 
 
 @pytest.mark.parametrize("name", cells.NAMES)
+@pytest.mark.slow
 def test_attention_readout_matches_a_float64_loop(name):
   cell, params = _attention_model(name)
   T = 6
@@ -168,6 +171,7 @@ def test_attention_readout_matches_a_float64_loop(name):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_attention_is_causal():
   cell, params = _attention_model("rwa")
   xs = jax.random.normal(jax.random.key(6), (2, 9, F))
@@ -202,6 +206,7 @@ def test_attention_padding_reaches_no_output_or_gradient(per_step):
 
 
 @pytest.mark.parametrize("per_step", [True, False])
+@pytest.mark.slow
 def test_attention_gradient_matches_float64_finite_differences(per_step):
   with jax.enable_x64(True):
     cell, params = _attention_model("rwa", dtype=jnp.float64)
@@ -235,6 +240,7 @@ def test_closed_loop_refuses_the_attention_readout():
 
 @pytest.mark.parametrize("name,readout", [("lstm", "linear"), ("rwa", "linear"),
                                           ("gru", "attention")])
+@pytest.mark.slow
 def test_remat_streamed_path_equals_the_plain_path(name, readout, monkeypatch):
   # A fan-out of 3 nests two checkpoint levels over T = 23 (chunks 9 and 3), with a remainder
   # at both levels.

@@ -43,6 +43,7 @@ def one_device(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_one_device_losses(one_device, tmp_path):
   _finish(_launch(tmp_path))
   with open(tmp_path / "config.json") as f:
@@ -51,6 +52,7 @@ def test_four_devices_give_the_one_device_losses(one_device, tmp_path):
   np.testing.assert_allclose(_losses(tmp_path), _losses(one_device), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_compiler_splits_the_batch_and_all_reduces_the_gradient():
   script = """
 import jax
@@ -68,6 +70,7 @@ print(mesh.size, "all-reduce" in hlo)
   assert out.stdout.split() == ["4", "True"], out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_two_processes_over_loopback_give_the_one_device_losses(one_device, tmp_path):
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

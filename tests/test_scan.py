@@ -66,6 +66,7 @@ def _loss_and_grads(cell, params, xs, **kw):
     (10, True),    # 10: not a multiple of the remat chunk (4), padded with masked steps
     (16, False),   # whole chunks, the unmasked loop
 ])
+@pytest.mark.slow
 def test_unroll_and_remat_change_nothing(name, T, with_lengths):
   cell, params, xs = _problem(name, T=T)
   lengths = jnp.array([T, 0, T - 3]) if with_lengths else None
@@ -89,6 +90,7 @@ def _literal_with_lengths(cell, params, xs, lengths, state0):
 @pytest.mark.parametrize("name", [*CELLS, *WITHOUT_PARTS])
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.slow
 def test_scan_gradients_equal_autodiff_of_the_literal_loop(name, with_lengths, remat):
   """scan differentiates the time loop by hand (seqjax._fused); in float64 its gradients with
   respect to params, inputs and the initial state equal jax.grad of the per-step loop."""
@@ -96,6 +98,7 @@ def test_scan_gradients_equal_autodiff_of_the_literal_loop(name, with_lengths, r
 
 
 @pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "rwa"])
+@pytest.mark.slow
 def test_wide_inputs_keep_their_projection_and_match_the_literal_loop(name):
   """Inputs wider than seqjax._fused.NARROW_INPUT take the other branch of the backward pass
   (x·W_x stored, its gradients after the loop)."""
@@ -128,6 +131,7 @@ def _check_against_the_literal_loop(name, with_lengths, remat, input_size):
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.slow
 def test_forward_mode_and_hessian_vector_products(name):
   """jax.jvp needs cells.autodiff_backward (stacks included); Hessian-vector products go
   through the hand-written pass (the RWA's own rule too) and equal the literal loop's, float64."""
@@ -158,6 +162,7 @@ def _doubling(step):
 
 @pytest.mark.parametrize("name", ["lstm", "rwa", "lstm+rwa"])
 @pytest.mark.parametrize("how", ["functools.wraps", "jax.vmap", "_replace", "layer"])
+@pytest.mark.slow
 def test_a_replaced_or_wrapped_step_is_what_scan_runs(name, how):
   """scan's fast loops belong to a cell's own step object: replace or wrap the step (or a
   stack layer's step) and scan runs yours, value and gradient equal to its literal loop."""
@@ -225,6 +230,7 @@ def test_lengths_equal_truncated_sequences(name):
 
 @pytest.mark.parametrize("name", CELLS)
 @pytest.mark.parametrize("garbage", [np.nan, np.inf, 1e30])
+@pytest.mark.slow
 def test_padding_garbage_reaches_no_output_and_no_gradient(name, garbage):
   T = 8
   cell, params, xs = _problem(name, B=3, T=T)
@@ -242,6 +248,7 @@ def test_padding_garbage_reaches_no_output_and_no_gradient(name, garbage):
     np.testing.assert_array_equal(gx_dirty, gx_clean)
 
 
+@pytest.mark.slow
 def test_several_batch_dims_with_lengths():
   cell, params, xs = _problem("rwa", B=6)
   lengths = jnp.array([0, 1, 9, 4, 5, 8])
@@ -252,6 +259,7 @@ def test_several_batch_dims_with_lengths():
 
 
 @pytest.mark.parametrize("name", CELLS)
+@pytest.mark.slow
 def test_streaming_in_pieces_equals_one_scan(name):
   T = 11
   cell, params, xs = _problem(name, B=3, T=T)
@@ -268,6 +276,7 @@ def test_streaming_in_pieces_equals_one_scan(name):
     assert_trees_close((state, jnp.concatenate(pieces, axis=1)), (whole_state, whole_hs))
 
 
+@pytest.mark.slow
 def test_scan_under_vmap_equals_batched():
   cell, params, xs = _problem("lstm+rwa")
   lengths = jnp.array([9, 2, 6])
@@ -276,6 +285,7 @@ def test_scan_under_vmap_equals_batched():
   np.testing.assert_allclose(hs_v, hs, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_long_rwa_sequence_has_finite_accurate_values_and_gradients():
   """10^4 steps: float32 running sums stay within 1e-4 of float64's, gradients are finite."""
   T = 10_000
@@ -295,6 +305,7 @@ def test_long_rwa_sequence_has_finite_accurate_values_and_gradients():
 
 
 @pytest.mark.parametrize("scale", [1e3, 1e4, 1e30])
+@pytest.mark.slow
 def test_rwa_gradients_through_scan_stay_exact_when_attention_saturates(scale):
   """|a| from 10^3 to 10^30: seqjax.scan's backward for the RWA (its own rule, carrying
   dd + dn·q) gives float32 gradients equal to float64's, W_a's ~0 one included, where autodiff
@@ -326,6 +337,7 @@ def test_hundred_thousand_steps_stay_finite():
   assert float(state.d.min()) >= 1.0
 
 
+@pytest.mark.slow
 def test_remat_memory_grows_far_slower_than_T():
   cell = cells.lstm(32)
   params = cell.init(jax.random.key(0), F)

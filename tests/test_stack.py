@@ -12,6 +12,7 @@ from helpers import assert_trees_close, loop, random_params
 F = 3
 
 
+@pytest.mark.slow
 def test_stack_equals_composing_layer_steps_by_hand():
   layers = [cells.lstm(5), cells.rwa(4), cells.gru(6)]
   cell = cells.stack(layers)

@@ -26,6 +26,7 @@ def test_decay_follows_its_rule_step_by_step():
   assert task.feedback_channel == 2 and not task.classification
 
 
+@pytest.mark.slow
 def test_decay_losses_are_per_example_mse():
   task = decay.make(seq_len=5)
   batch = task.sample(jax.random.key(1), 3)
@@ -36,6 +37,7 @@ def test_decay_losses_are_per_example_mse():
   np.testing.assert_array_equal(values["loss"], values["mse"])
 
 
+@pytest.mark.slow
 def test_decay_same_key_same_batch():
   task = decay.make(seq_len=6)
   a, b = task.sample(jax.random.key(2), 4), task.sample(jax.random.key(2), 4)

@@ -38,6 +38,7 @@ def test_trajectory_steps_are_visible_next_to_the_heights():
   assert step.max() < 0.1
 
 
+@pytest.mark.slow
 def test_trajectory_sampler_is_pure_under_jit():
   task = tasks.get("trajectory", seq_len=12)
   eager = task.sample(jax.random.key(3), 5)

@@ -15,6 +15,7 @@ def _cfg(model="rwa", task="adding", batch_size=16, **task_opts):
 
 
 @pytest.mark.parametrize("model", cells.NAMES)
+@pytest.mark.slow
 def test_one_train_step_changes_every_parameter(model):
   cfg = _cfg(model, seq_len=10)
   state = train.init_state(cfg, jax.random.key(0))
@@ -32,6 +33,7 @@ def _get(tree, path):
   return tree
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss():
   cfg = _cfg("lstm", "binary_addition", batch_size=32, seq_len=6)
   state = train.init_state(cfg, jax.random.key(1))
@@ -56,6 +58,7 @@ def test_data_stream_is_indexed_by_step():
                                        ("binary_addition", dict(seq_len=5)),
                                        ("seq_length", dict(seq_len=12)),
                                        ("trajectory", dict(seq_len=10))])
+@pytest.mark.slow
 def test_evaluate_in_chunks_equals_the_mean_over_all_examples(task, opts):
   cfg = _cfg("gru", task, batch_size=16, **opts)
   params = train.init_state(cfg, jax.random.key(2)).params
@@ -73,6 +76,7 @@ def test_evaluate_in_chunks_equals_the_mean_over_all_examples(task, opts):
         jnp.zeros((1, 10, 1)), cfg.task.sample(jax.random.key(0), 1))
 
 
+@pytest.mark.slow
 def test_free_running_training_differentiates_through_the_fed_back_predictions():
   base = _cfg("lstm", "trajectory", batch_size=4, seq_len=8)
   free = base._replace(feedback="free")
