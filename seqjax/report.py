@@ -181,7 +181,8 @@ def seed_table(workdirs, metrics) -> str:
                    if len({json.dumps(c.get(k)) for c in configs}) > 1)
   rules = {threshold(c["task"], c["seq_len"]) for c in configs}
   rule = rules.pop() if len(rules) == 1 else (None, None, None)  # one rule for every row
-  header = ["model", "task", "T", "H", "feedback", *varying, "seeds"]
+  series = any("feedback" in c for c in configs)  # only the series tasks record --feedback
+  header = ["model", "task", "T", "H", *(["feedback"] if series else []), *varying, "seeds"]
   if rule[0]:
     header.append(f"steps to {_rule(*rule)} (mean ± sd)")
   header += [f"final {m} (mean ± sd)" for m in metrics]
@@ -191,7 +192,7 @@ def seed_table(workdirs, metrics) -> str:
     task = config["task"] + (f" ({config['bit_order']})" if config["task"] == "binary_addition"
                              else "")
     cells = [model_label(config), task, str(config["seq_len"]), str(config["hidden_size"]),
-             config.get("feedback", "teacher"),
+             *([config.get("feedback", "—")] if series else []),
              *[_setting(config.get(k, "—")) for k in varying], str(len(finals))]
     if rule[0]:
       budget = max(f.get("step", 0) for f in finals)

@@ -248,7 +248,7 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
   assert len(table) == 2 + 8 + 1 + 2 + 4 and "steps to sequence_accuracy > 0.99" in table[0]
   assert table[10] == "" and "| seeds |" in table[11]
   assert [r.split(" | 2 | ")[0] for r in table[13:]] == [
-      f"| {m} | binary_addition ({o}) | 4 | 4 | teacher" for m in ("gru", "gru x2")
+      f"| {m} | binary_addition ({o}) | 4 | 4" for m in ("gru", "gru x2")
       for o in ("lsb_first", "msb_first")]
   assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert json.load(open(tmp_path / "gru-x2-msb_first" / "s1" / "config.json"))["num_layers"] == 2
