@@ -46,8 +46,7 @@ def _summarize(workdirs):
     (task, seq_len), = tasks
     rule_metric, _, value = report.threshold(task, seq_len)
     metric = (METRICS.value or [rule_metric or "loss"])[0]
-    plots.compare_curves({os.path.basename(os.path.normpath(w)): [rows]
-                          for w, (_, rows, _) in zip(workdirs, runs)}, FIGURE.value,
+    plots.compare_curves(report.curves_by_configuration(workdirs), FIGURE.value,
                          f"{task} (T={seq_len})", metric,
                          threshold=value if metric == rule_metric else None)
     print(f"figure: {FIGURE.value}")

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 
 from seqjax import checkpoint
 from seqjax.settings import RunError
@@ -143,6 +144,19 @@ def run_names(workdirs) -> dict:
     if len(set(names.values())) == len(names):
       return names
   return {w: w for w in workdirs}
+
+
+def curves_by_configuration(workdirs) -> dict:
+  """{label: [evaluation rows of each run]}: the seeds of one configuration (a group's s0, s1,
+  ... or runs named <name>-s0, <name>-s1, ...) under one label, so a figure draws them as one
+  band."""
+  curves = {}
+  for w in workdirs:
+    parent, name = os.path.split(os.path.normpath(w))
+    if re.fullmatch(r"(lr[^/]*-)?s\d+", name):  # a group's run folder: the group names it
+      name = os.path.basename(parent) + re.sub(r"-?s\d+$", "", "/" + name).rstrip("/")
+    curves.setdefault(re.sub(r"-s\d+$", "", name), []).append(read_run(w)[1])
+  return curves
 
 
 def _mean_sd(values):

@@ -150,3 +150,16 @@ def test_a_bad_metrics_line_is_named_in_one_line(tmp_path):
   assert out.returncode != 0 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines()[-1] == (
       f"error: {tmp_path / 'metrics.jsonl'} line 2 is not JSON; move the file away to continue")
+
+
+def test_curves_by_configuration_bands_each_configurations_seeds(tmp_path):
+  base = {"task": "adding", "seq_len": 100, "hidden_size": 8, "num_layers": 1}
+  groups = _group(tmp_path, "min_rwa", dict(base, model="min_rwa"), {0: [0.1], 1: [0.2]})
+  groups += _group(tmp_path, "rwa", dict(base, model="rwa"), {0: [0.3], 2: [0.4]})
+  solo = tmp_path / "adding-lstm-s0"
+  solo.mkdir()
+  (solo / "config.json").write_text(json.dumps(dict(base, model="lstm", seed=0)))
+  (solo / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval_mse": 0.5}) + "\n")
+  curves = report.curves_by_configuration(groups + [solo])
+  assert {k: [[r["eval_mse"] for r in rows] for rows in v] for k, v in curves.items()} == {
+      "min_rwa": [[0.1], [0.2]], "rwa": [[0.3], [0.4]], "adding-lstm": [[0.5]]}
