@@ -83,6 +83,21 @@ def min_cell_loop(project, update, associative, parallel):
   return step, FastLoop(step, run)
 
 
+def linear_loop(state_type, project, parallel):
+  """(step, FastLoop) of a cell whose h_t = a_t·h_{t−1} + b_t with (a_t, b_t) = project(params,
+  x_t) and state `state_type(h)` (min_gru, min_lstm)."""
+  def update(state, terms):
+    a, b = terms
+    h = a * state.h + b
+    return state_type(h), h
+
+  def associative(terms, state0, active_T):
+    h, hs_T = linear_recurrence(*terms, state0.h, active_T)
+    return state_type(h), hs_T
+
+  return min_cell_loop(project, update, associative, parallel)
+
+
 def identity_where_padded(active_T, elements, identity):
   """Padded steps' elements replaced by the combine's identity (so they change no prefix)."""
   if active_T is None:

@@ -40,14 +40,5 @@ def min_gru(hidden_size: int, dtype=None, parallel=None) -> Cell:
     pz, ph = _parallel.affine(params, x, "z", dtype), _parallel.affine(params, x, "h", dtype)
     return jax.nn.sigmoid(-pz), jax.nn.sigmoid(pz) * ph  # a = 1 - z, b = z ĥ
 
-  def update(state, terms):
-    a, b = terms
-    h = a * state.h + b
-    return MinGRUState(h), h
-
-  def associative(terms, state0, active_T):
-    h, hs_T = _parallel.linear_recurrence(*terms, state0.h, active_T)
-    return MinGRUState(h), hs_T
-
-  step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
+  step, fast_loop = _parallel.linear_loop(MinGRUState, project, parallel)
   return Cell(init, initial_state, step, "min_gru", H, fast_loop)

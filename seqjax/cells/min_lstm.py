@@ -43,14 +43,5 @@ def min_lstm(hidden_size: int, dtype=None, parallel=None) -> Cell:
     log_ratio = jax.nn.log_sigmoid(pf) - jax.nn.log_sigmoid(pi)  # log(f / i), finite
     return jax.nn.sigmoid(log_ratio), jax.nn.sigmoid(-log_ratio) * ph  # a, (1 - a) ĥ
 
-  def update(state, terms):
-    a, b = terms
-    h = a * state.h + b
-    return MinLSTMState(h), h
-
-  def associative(terms, state0, active_T):
-    h, hs_T = _parallel.linear_recurrence(*terms, state0.h, active_T)
-    return MinLSTMState(h), hs_T
-
-  step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
+  step, fast_loop = _parallel.linear_loop(MinLSTMState, project, parallel)
   return Cell(init, initial_state, step, "min_lstm", H, fast_loop)
