@@ -34,3 +34,29 @@ def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
   assert ta == tb, (ta, tb)
   for x, y in zip(la, lb):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def scan_in_pieces(cell, params, xs, lengths, cuts):
+  """Streaming: scans xs [B, T, F] piece by piece (split at `cuts`), each piece starting from
+  the previous piece's final state. Returns (final_state, hs) to compare with one whole scan."""
+  import seqjax
+  edges = (0, *cuts, xs.shape[-2])
+  state, pieces = None, []
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    state, hs = seqjax.scan(cell, params, xs[:, lo:hi], lengths=jnp.clip(lengths - lo, 0, hi - lo),
+                            initial_state=state)
+    pieces.append(hs)
+  return state, jnp.concatenate(pieces, axis=1)
+
+
+def assert_directional_derivatives(loss, args, grads, keys, rtol=1e-7, atol=0.0, eps=1e-6):
+  """Central finite differences of `loss(*args)` along random directions (one per key) against
+  the analytic <grads, direction> (float64 callers)."""
+  for key in keys:
+    direction = random_params(args, key, scale=1.0)
+    plus = jax.tree.map(lambda p, d: p + eps * d, args, direction)
+    minus = jax.tree.map(lambda p, d: p - eps * d, args, direction)
+    fd = (loss(*plus) - loss(*minus)) / (2 * eps)
+    analytic = sum(jnp.vdot(g, d) for g, d in
+                   zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
+    np.testing.assert_allclose(analytic, fd, rtol=rtol, atol=atol)

@@ -7,7 +7,7 @@ import pytest
 
 import seqjax
 from seqjax import cells
-from helpers import assert_trees_close, loop, random_params
+from helpers import assert_directional_derivatives, assert_trees_close, loop, random_params
 import numpy_refs
 
 NAMES = cells.NAMES
@@ -176,15 +176,8 @@ def test_gradients_match_float64_central_differences(name):
       return jnp.sum(hs * w)
 
     grads = jax.grad(loss, argnums=(0, 1))(params, xs)
-    for seed in range(3):
-      direction = random_params((params, xs), jax.random.key(100 + seed), scale=1.0)
-      eps = 1e-6
-      plus = jax.tree.map(lambda p, d: p + eps * d, (params, xs), direction)
-      minus = jax.tree.map(lambda p, d: p - eps * d, (params, xs), direction)
-      fd = (loss(*plus) - loss(*minus)) / (2 * eps)
-      analytic = sum(jnp.vdot(g, d) for g, d in
-                     zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
-      np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-9)
+    assert_directional_derivatives(loss, (params, xs), grads,
+                                   [jax.random.key(100 + seed) for seed in range(3)], atol=1e-9)
 
 
 @pytest.mark.parametrize("name", NAMES)

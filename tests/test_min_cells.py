@@ -9,7 +9,8 @@ import pytest
 
 import seqjax
 from seqjax import cells
-from helpers import assert_trees_close, loop, random_params
+from helpers import (assert_directional_derivatives, assert_trees_close, loop,
+                     random_params, scan_in_pieces)
 import numpy_refs
 
 F, H = 3, 4
@@ -78,16 +79,9 @@ def test_streaming_in_pieces_equals_one_scan(name, path):
   T = 11
   cell, params, xs = _problem(name, path, T=T)
   lengths = jnp.array([11, 4, 0])
-  whole_state, whole_hs = seqjax.scan(cell, params, xs, lengths=lengths)
+  whole = seqjax.scan(cell, params, xs, lengths=lengths)
   for cuts in [(5,), (1, 4, 10), (0, 11)]:
-    edges = (0, *cuts, T)
-    state, pieces = None, []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-      piece_lengths = jnp.clip(lengths - lo, 0, hi - lo)
-      state, hs = seqjax.scan(cell, params, xs[:, lo:hi], lengths=piece_lengths,
-                              initial_state=state)
-      pieces.append(hs)
-    assert_trees_close((state, jnp.concatenate(pieces, axis=1)), (whole_state, whole_hs),
+    assert_trees_close(scan_in_pieces(cell, params, xs, lengths, cuts), whole,
                        rtol=1e-5, atol=1e-6)
 
 
@@ -144,15 +138,8 @@ def test_scan_gradients_match_float64_central_differences(name):
     w = jax.random.normal(jax.random.key(10), (3, 7, H), jnp.float64)
     loss = lambda p, x: jnp.sum(seqjax.scan(cell, p, x, lengths=lengths)[1] * w)
     grads = jax.grad(loss, argnums=(0, 1))(params, xs)
-    for seed in range(2):
-      direction = random_params((params, xs), jax.random.key(100 + seed), scale=1.0)
-      eps = 1e-6
-      plus = jax.tree.map(lambda p, d: p + eps * d, (params, xs), direction)
-      minus = jax.tree.map(lambda p, d: p - eps * d, (params, xs), direction)
-      fd = (loss(*plus) - loss(*minus)) / (2 * eps)
-      analytic = sum(jnp.vdot(g, d) for g, d in
-                     zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
-      np.testing.assert_allclose(analytic, fd, rtol=1e-7, atol=1e-9)
+    assert_directional_derivatives(loss, (params, xs), grads,
+                                   [jax.random.key(100 + seed) for seed in range(2)], atol=1e-9)
 
 
 @pytest.mark.parametrize("path, input_size", [("associative", F), ("loop", F), ("loop", 40)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from seqjax import cells, models
-from helpers import loop, random_params
+from helpers import assert_directional_derivatives, loop, random_params
 
 F, H, O = 2, 4, 1
 
@@ -92,13 +92,7 @@ def test_closed_loop_gradient_matches_float64_finite_differences():
       return jnp.sum(jnp.sin(models.closed_loop(cell, params, xs, 2, 0)))
 
     grads = jax.grad(loss)(params)
-    direction = random_params(params, jax.random.key(10), scale=1.0)
-    eps = 1e-6
-    fd = (loss(jax.tree.map(lambda p, d: p + eps * d, params, direction))
-          - loss(jax.tree.map(lambda p, d: p - eps * d, params, direction))) / (2 * eps)
-    analytic = sum(jnp.vdot(g, d) for g, d in
-                   zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
-    np.testing.assert_allclose(analytic, fd, rtol=1e-7)
+    assert_directional_derivatives(loss, (params,), (grads,), [jax.random.key(10)])
 
 
 def test_closed_loop_rejects_a_prefix_outside_the_sequence():
@@ -218,13 +212,7 @@ def test_attention_gradient_matches_float64_finite_differences(per_step):
       return jnp.sum(jnp.sin(models.apply(cell, params, xs, lengths, per_step=per_step)))
 
     grads = jax.jit(jax.grad(loss))(params)
-    direction = random_params(params, jax.random.key(10), scale=1.0)
-    eps = 1e-6
-    fd = (loss(jax.tree.map(lambda p, d: p + eps * d, params, direction))
-          - loss(jax.tree.map(lambda p, d: p - eps * d, params, direction))) / (2 * eps)
-    analytic = sum(jnp.vdot(g, d) for g, d in
-                   zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
-    np.testing.assert_allclose(analytic, fd, rtol=1e-7)
+    assert_directional_derivatives(loss, (params,), (grads,), [jax.random.key(10)])
     # the attention weights really take part (not only the [h, c] head)
     assert all(np.abs(grads["readout"][k]).sum() > 0 for k in ("W_q", "W_k", "W_v"))
 

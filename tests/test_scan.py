@@ -9,7 +9,8 @@ import pytest
 
 import seqjax
 from seqjax import _fused, cells
-from helpers import assert_trees_close, loop, random_params
+from helpers import (assert_trees_close, loop,
+                     random_params, scan_in_pieces)
 import numpy_refs
 
 F, H = 3, 4
@@ -264,16 +265,9 @@ def test_streaming_in_pieces_equals_one_scan(name):
   T = 11
   cell, params, xs = _problem(name, B=3, T=T)
   lengths = jnp.array([11, 4, 7])
-  whole_state, whole_hs = seqjax.scan(cell, params, xs, lengths=lengths)
+  whole = seqjax.scan(cell, params, xs, lengths=lengths)
   for cuts in [(5,), (1, 4, 10), (0, 11)]:
-    edges = (0, *cuts, T)
-    state, pieces = None, []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-      piece_lengths = jnp.clip(lengths - lo, 0, hi - lo)
-      state, hs = seqjax.scan(cell, params, xs[:, lo:hi], lengths=piece_lengths,
-                              initial_state=state)
-      pieces.append(hs)
-    assert_trees_close((state, jnp.concatenate(pieces, axis=1)), (whole_state, whole_hs))
+    assert_trees_close(scan_in_pieces(cell, params, xs, lengths, cuts), whole)
 
 
 @pytest.mark.slow
