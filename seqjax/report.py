@@ -150,12 +150,21 @@ def curves_by_configuration(workdirs) -> dict:
   """{label: [evaluation rows of each run]}: the seeds of one configuration (a group's s0, s1,
   ... or runs named <name>-s0, <name>-s1, ...) under one label, so a figure draws them as one
   band."""
-  curves = {}
+  runs = []
   for w in workdirs:
     parent, name = os.path.split(os.path.normpath(w))
     if re.fullmatch(r"(lr[^/]*-)?s\d+", name):  # a group's run folder: the group names it
       name = os.path.basename(parent) + re.sub(r"-?s\d+$", "", "/" + name).rstrip("/")
-    curves.setdefault(re.sub(r"-s\d+$", "", name), []).append(read_run(w)[1])
+    config, rows, _ = read_run(w)
+    runs.append((re.sub(r"-s\d+$", "", name), model_label(config), rows))
+  # Folders alike in name can hold different models (two groups both called "rwa", one with
+  # an attention readout): those are told apart by the model, never pooled into one band.
+  models = {}
+  for name, model, _ in runs:
+    models.setdefault(name, set()).add(model)
+  curves = {}
+  for name, model, rows in runs:
+    curves.setdefault(name if len(models[name]) == 1 else f"{name} ({model})", []).append(rows)
   return curves
 
 

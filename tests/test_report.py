@@ -163,3 +163,12 @@ def test_curves_by_configuration_bands_each_configurations_seeds(tmp_path):
   curves = report.curves_by_configuration(groups + [solo])
   assert {k: [[r["eval_mse"] for r in rows] for rows in v] for k, v in curves.items()} == {
       "min_rwa": [[0.1], [0.2]], "rwa": [[0.3], [0.4]], "adding-lstm": [[0.5]]}
+
+
+def test_curves_by_configuration_never_pools_alike_named_groups_of_different_models(tmp_path):
+  base = {"task": "copy", "seq_len": 100, "hidden_size": 8, "num_layers": 1, "model": "rwa"}
+  runs = _group(tmp_path / "a", "rwa", dict(base, readout="linear"), {0: [0.1], 1: [0.2]})
+  runs += _group(tmp_path / "b", "rwa", dict(base, readout="attention"), {0: [0.3]})
+  curves = report.curves_by_configuration(runs)
+  assert {k: [[r["eval_mse"] for r in rows] for rows in v] for k, v in curves.items()} == {
+      "rwa (rwa)": [[0.1], [0.2]], "rwa (rwa + attention)": [[0.3]]}
