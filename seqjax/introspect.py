@@ -7,6 +7,7 @@ Then per task the steps worth looking at (`landmarks`, `event_steps`) and `inspe
 loads run folders and writes their pictures.
 """
 
+import dataclasses
 import os
 
 import jax
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import seqjax
-from seqjax import checkpoint, experiment, models, plots, train
+from seqjax import checkpoint, experiment, models, plots, report, train
 from seqjax.cells.base import Cell
 from seqjax.settings import DATA_SETTINGS
 from seqjax.tasks import variable_copy
@@ -201,8 +202,7 @@ def inspect_runs(workdirs, output=None, num_examples=4, top_units=16):
   if output is None:
     output = os.path.join(workdirs[0], "states.png" if len(workdirs) == 1
                           else "states_side_by_side.png")
-  names = " vs ".join(tcfg.cell.name + (" + attention" if "W_q" in params.get("readout", {}) else "")
-                     for _, _, tcfg, params in loaded)
+  names = " vs ".join(report.model_label(dataclasses.asdict(cfg)) for _, cfg, _, _ in loaded)
   plots.hidden_states(runs, marks, output, f"{names}: hidden state on {task.name} (T={task.seq_len}), "
               f"the {min(top_units, runs[0][1]['hs'].shape[2])} units moving most")
   return described, [output] + written

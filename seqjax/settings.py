@@ -248,10 +248,9 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
   cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
                    dtype=DTYPES[s.dtype])
   # A group's runs get their own rates in their optimizer states (workdir.Folders): the rate the
-  # optimizer is built with is only that state's initial content.
-  rate = s.learning_rate if s.learning_rate is not None else (s.learning_rates or (None,))[0]
-  if rate is None:
-    rate = tasks.DEFAULTS[s.task]["learning_rate"]
+  # optimizer is built with is only that state's initial content. `s` has its rate(s) filled
+  # (`with_learning_rate`).
+  rate = s.learning_rate if s.learning_rate is not None else s.learning_rates[0]
   return train.Config(cell=cell, task=task, mesh=mesh, readout=s.readout,
                       optimizer=train.make_optimizer(rate, s.clip_norm or None),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,

@@ -70,7 +70,8 @@ def load(workdir: str):
       raise RunError(f"--workdir={workdir}: no {os.path.basename(path)} (not a trained run)")
   try:
     # inference needs no mesh: one device, whatever it trained on and whatever is here
-    s = dataclasses.replace(_settings_from(read_json(config_path)), num_devices=1).resolved()
+    s = dataclasses.replace(_settings_from(read_json(config_path)),
+                            num_devices=1).resolved().with_learning_rate()
   except TypeError as e:
     raise RunError(f"{config_path} is unreadable ({e})") from None
   tcfg = train_config(s, validate(s))

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import seqjax
+
 
 def random_params(params, key, scale=0.5):
   """Replaces every leaf (biases included) by N(0, scale^2) values of the same shape and dtype,
@@ -39,7 +41,6 @@ def assert_trees_close(a, b, rtol=1e-6, atol=1e-6):
 def scan_in_pieces(cell, params, xs, lengths, cuts):
   """Streaming: scans xs [B, T, F] piece by piece (split at `cuts`), each piece starting from
   the previous piece's final state. Returns (final_state, hs) to compare with one whole scan."""
-  import seqjax
   edges = (0, *cuts, xs.shape[-2])
   state, pieces = None, []
   for lo, hi in zip(edges[:-1], edges[1:]):

@@ -9,8 +9,7 @@ import pytest
 
 import seqjax
 from seqjax import _fused, cells
-from helpers import (assert_trees_close, loop,
-                     random_params, scan_in_pieces)
+from helpers import assert_trees_close, loop, random_params, scan_in_pieces
 import numpy_refs
 
 F, H = 3, 4
