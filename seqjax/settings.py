@@ -11,7 +11,9 @@ import jax
 
 from seqjax import cells, models, tasks, train
 from seqjax.scanning import default_unroll
+from seqjax.tasks.base import DATA_RULES
 from seqjax.tasks.binary_addition import BIT_ORDERS
+from seqjax.tasks.multi_copy import NUM_SEGMENTS
 
 
 class RunError(Exception):
@@ -23,7 +25,7 @@ DTYPES = {"float32": None, "bfloat16": "bfloat16"}  # --dtype -> the cells' matm
 # run keeps the rate it was trained with unless one is given.
 TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
 # The recorded settings that shape a run's data (the sequences it is trained and evaluated on).
-DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute")
+DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "num_segments", "data_rules")
 
 
 def _field(default, help, kind, choices=None, tasks=None):
@@ -40,6 +42,10 @@ class Settings:
   seq_len: Optional[int] = _field(None, "Sequence length T (default: the task's).", int)
   bit_order: str = _field("lsb_first", "Which end of the numbers comes first.", str, BIT_ORDERS,
                           tasks=("binary_addition",))
+  num_segments: int = _field(NUM_SEGMENTS, "Copy problems back to back, each --seq_len long "
+                             "between its symbols and their recall.", int, tasks=("multi_copy",))
+  data_rules: str = _field("paper", "Data rules: the RWA paper's prose or the authors' code (where "
+                           "they differ).", str, DATA_RULES, tasks=("seq_length", "reber"))
   hidden_size: Optional[int] = _field(None, "Units per layer (default: the task's).", int)
   num_layers: int = _field(1, "Stacked recurrent layers.", int)
   readout: str = _field("linear", "What reads the outputs from the cell's states.", str,
@@ -141,6 +147,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 def default_workdir(s: Settings) -> str:
   layers = f"x{s.num_layers}" if s.num_layers > 1 else ""
   order = f"-{s.bit_order}" if s.task == "binary_addition" else ""
+  order += f"-R{s.num_segments}" if s.task == "multi_copy" else ""
+  order += f"-{s.data_rules}" if s.data_rules != FIELDS["data_rules"].default else ""
   attn = "-attn" if s.readout == "attention" else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return f"runs/{s.task}{order}-{s.model}{layers}{attn}-T{s.seq_len}{seed}"
@@ -187,7 +195,7 @@ def validate(s: Settings) -> tasks.Task:
     if choices is not None:
       check(getattr(s, name) in choices, name, getattr(s, name), f"allowed: {', '.join(choices)}")
   for name in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll",
-               "prefix_len", "teacher_forcing_decay_steps"):
+               "prefix_len", "teacher_forcing_decay_steps", "num_segments"):
     check_int(name, getattr(s, name))
   check_int("num_steps", s.num_steps, 0)
   check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
@@ -227,7 +235,7 @@ def validate(s: Settings) -> tasks.Task:
         f"the {s.task} task has a fixed length {fixed}")
   try:
     task = tasks.get(s.task, seq_len=s.seq_len, bit_order=s.bit_order, permute=s.permute,
-                     data_dir=s.data_dir)
+                     data_dir=s.data_dir, num_segments=s.num_segments, data_rules=s.data_rules)
   except ValueError as e:
     raise RunError(str(e)) from None
   local = jax.local_device_count()

@@ -3,14 +3,15 @@
 import inspect
 
 from seqjax.tasks.base import Batch, Task
-from seqjax.tasks import (adding, binary_addition, decay, digits, mnist, reber, seq_length,
-                          trajectory, variable_copy)
+from seqjax.tasks import (adding, binary_addition, decay, digits, mnist, multi_copy, reber,
+                          seq_length, trajectory, variable_copy)
 
 REGISTRY = {
     "binary_addition": binary_addition.make,
     "adding": adding.make,
     "seq_length": seq_length.make,
     "copy": variable_copy.make,  # module not named copy: that would shadow the stdlib
+    "multi_copy": multi_copy.make,
     "reber": reber.make,
     "trajectory": trajectory.make,
     "decay": decay.make,
@@ -29,7 +30,8 @@ def takes_seq_len(name: str) -> bool:
 def get(name: str, **options) -> Task:
   """The task called `name`, built with the options its factory takes (others are ignored).
 
-  Options: seq_len, bit_order, permute, data_dir (see each module's `make`).
+  Options: seq_len, bit_order, permute, data_dir, num_segments, data_rules (see each module's
+  `make`).
   """
   if name not in REGISTRY:
     raise ValueError(f"unknown task {name!r}; allowed: {', '.join(NAMES)}")

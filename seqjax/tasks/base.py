@@ -8,6 +8,10 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+# Whose data rules a task follows where the RWA paper's prose and the authors' code differ
+# (seq_length, reber): "paper" (the default) or "authors".
+DATA_RULES = ("paper", "authors")
+
 
 class Batch(NamedTuple):
   xs: jax.Array                   # [B, T, F] float32 inputs
