@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.tasks import adding, binary_addition, reber, seq_length, variable_copy
+from seqjax.tasks import adding, binary_addition, multi_copy, reber, seq_length, variable_copy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +20,7 @@ def sample(task, n=128, seed=0):
 
 # The synthetic tasks by name; each configuration is compiled once per test session.
 MODULES = {"binary_addition": binary_addition, "adding": adding, "seq_length": seq_length,
-           "copy": variable_copy, "reber": reber}
+           "copy": variable_copy, "multi_copy": multi_copy, "reber": reber}
 BATCH = 256
 
 

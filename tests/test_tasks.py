@@ -19,7 +19,11 @@ from task_helpers import BATCH, MODULES, cached_task, sample, sample_named
      ((20, 1), np.float32, (), np.int32, True)),
     ("copy", dict(seq_len=30), (9, 8, True, True, 50),
      ((50, 9), np.float32, (50,), np.int32, False)),
+    ("multi_copy", dict(seq_len=6, num_segments=2), (9, 8, True, True, 52),
+     ((52, 9), np.float32, (52,), np.int32, False)),
     ("reber", dict(seq_len=12), (7, 2, False, True, 12),
+     ((12, 7), np.float32, (), np.int32, True)),
+    ("reber", dict(seq_len=12, data_rules="authors"), (7, 2, False, True, 12),
      ((12, 7), np.float32, (), np.int32, True)),
 ])
 def test_task_records_and_batch_shapes(name, options, fields, shapes):
@@ -59,6 +63,10 @@ def test_defaults(name, seq_len, hidden_size, num_steps):
     ("copy", dict(seq_len=None), "seq_len", ">= 2"),
     ("reber", dict(seq_len=4), "seq_len", ">= 5"),
     ("reber", dict(seq_len=50.5), "seq_len", ">= 5"),
+    ("reber", dict(data_rules="code"), "data_rules", "paper, authors"),
+    ("seq_length", dict(data_rules=None), "data_rules", "paper, authors"),
+    ("multi_copy", dict(num_segments=0), "num_segments", ">= 1"),
+    ("multi_copy", dict(seq_len=1), "seq_len", ">= 2"),
 ])
 def test_make_rejects_bad_arguments_by_name(name, options, argument, allowed):
   with pytest.raises(ValueError) as error:
@@ -71,10 +79,15 @@ def test_make_rejects_bad_arguments_by_name(name, options, argument, allowed):
 
 CONFIGS = [("binary_addition", dict(seq_len=8, bit_order="lsb_first")),
            ("adding", dict(seq_len=40)), ("seq_length", dict(seq_len=20)),
-           ("copy", dict(seq_len=30)), ("reber", dict(seq_len=12))]
+           ("copy", dict(seq_len=30)), ("reber", dict(seq_len=12)),
+           ("multi_copy", dict(seq_len=6, num_segments=2)),
+           ("seq_length", dict(seq_len=20, data_rules="authors")),
+           ("reber", dict(seq_len=12, data_rules="authors"))]
 
 
-@pytest.mark.parametrize("name,options", CONFIGS, ids=[name for name, _ in CONFIGS])
+@pytest.mark.parametrize("name,options", CONFIGS,
+                         ids=[name + ("-authors" if "data_rules" in options else "")
+                              for name, options in CONFIGS])
 def test_same_key_same_batch_other_key_other_batch(name, options):
   a, b, c = (sample_named(name, 16, seed, **options) for seed in (7, 7, 8))
   for x, y in zip(a, b):
