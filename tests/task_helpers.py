@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqjax import experiment
+from seqjax.settings import RunError, Settings
 from seqjax.tasks import adding, binary_addition, multi_copy, reber, seq_length, variable_copy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,3 +68,16 @@ def check_losses(task, outputs, batch, keys):
   for name, value in values.items():
     assert value.shape == (len(batch.xs),) and value.dtype == jnp.float32, name
   return {name: np.asarray(value) for name, value in values.items()}
+
+
+def refused(tmp_path, **settings):
+  """The one-line RunError message experiment.run gives for tiny `settings`; checks that
+  nothing was written."""
+  workdir = tmp_path / "run"
+  try:
+    experiment.run(Settings(workdir=str(workdir), seq_len=6, hidden_size=4, batch_size=4,
+                            num_steps=1, **settings), log=lambda line: None)
+  except RunError as error:
+    assert not workdir.exists()
+    return str(error)
+  raise AssertionError(f"{settings} ran")

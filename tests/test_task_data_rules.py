@@ -7,10 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from seqjax import experiment
-from seqjax.settings import RunError, Settings
+from seqjax.settings import Settings
 from seqjax.tasks import reber
-from task_helpers import MODULES, cached_task, sample_named
+from task_helpers import MODULES, cached_task, refused, sample_named
 from test_task_reber import GRAMMAR, _reber_accepts
 
 
@@ -63,27 +62,23 @@ def test_seq_length_authors_values_lengths_and_labels(T):
     assert (by_length[T // 2], by_length[T // 2 + 1]) == (0, 1)
 
 
-def _viable_prefix(word):
-  """word can be continued into a valid string."""
-  state = "start"
+def _end_state(word, state="start"):
+  """The grammar's state after reading word from `state`, or None where a letter is refused."""
   for letter in word:
     if letter not in GRAMMAR[state]:
-      return False
+      return None
     state = GRAMMAR[state][letter]
-  return True
+  return state
+
+
+def _viable_prefix(word):
+  """word can be continued into a valid string."""
+  return _end_state(word) is not None
 
 
 def _viable_suffix(word):
   """Some state of the grammar reads word to the end: word ends some valid string."""
-  return any(_accepts_from(state, word) for state in GRAMMAR)
-
-
-def _accepts_from(state, word):
-  for letter in word:
-    if letter not in GRAMMAR[state]:
-      return False
-    state = GRAMMAR[state][letter]
-  return state == "done"
+  return any(_end_state(word, state) == "done" for state in GRAMMAR)
 
 
 def _spliced(word):
@@ -143,12 +138,7 @@ def test_make_rejects_unknown_rules(name):
      "--data_rules=authors: applies only to the seq_length, reber tasks"),
 ])
 def test_bad_data_rules_is_one_line_and_writes_nothing(settings, message, tmp_path):
-  workdir = tmp_path / "run"
-  with pytest.raises(RunError) as error:
-    experiment.run(Settings(workdir=str(workdir), seq_len=6, hidden_size=4, batch_size=4,
-                            num_steps=1, **settings), log=lambda line: None)
-  assert str(error.value) == message
-  assert not workdir.exists()
+  assert refused(tmp_path, **settings) == message
 
 
 def test_data_rules_recorded_where_they_apply_and_named_when_authors():

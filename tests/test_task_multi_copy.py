@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from seqjax import experiment, report
-from seqjax.settings import RunError, Settings
+from seqjax.settings import Settings
 from seqjax.tasks import multi_copy
-from task_helpers import cached_task, check_losses, cross_entropy, logits_with_mistakes
+from task_helpers import (cached_task, check_losses, cross_entropy, logits_with_mistakes,
+                          refused)
 
 S = 10
 
@@ -128,12 +129,7 @@ def test_defaults_and_make_checks():
     (dict(task="copy", num_segments=2), "--num_segments=2: applies only to the multi_copy task"),
 ])
 def test_bad_num_segments_is_one_line_and_writes_nothing(settings, message, tmp_path):
-  workdir = tmp_path / "run"
-  with pytest.raises(RunError) as error:
-    experiment.run(Settings(workdir=str(workdir), seq_len=4, hidden_size=4, batch_size=4,
-                            num_steps=1, **settings), log=lambda line: None)
-  assert str(error.value) == message
-  assert not workdir.exists()
+  assert refused(tmp_path, **settings) == message
 
 
 def test_num_segments_is_recorded_and_named_for_multi_copy_only():
