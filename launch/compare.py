@@ -24,8 +24,9 @@ from seqjax.settings import folder_name
 from seqjax.tasks.binary_addition import BIT_ORDERS as ORDERS
 
 run_flags.define_settings(skip=("model", "bit_order", "num_layers", "readout"))
-MODELS = flags.DEFINE_list("models", ["rwa", "lstm"], f"Cells to compare: {', '.join(cells.NAMES)}, "
-                          "or MODULE:NAME (a cell factory of yours).")
+MODELS = flags.DEFINE_list("models", ["rwa", "lstm"],
+                          f"Cells to compare: {', '.join(cells.NAMES)}, or MODULE:NAME (a cell "
+                          "factory of yours).")
 BIT_ORDERS = flags.DEFINE_list("bit_orders", ["lsb_first"],
                                f"binary_addition: {' and/or '.join(ORDERS)}.")
 NUM_LAYERS = flags.DEFINE_list("num_layers", ["1"], "Layer counts to compare, e.g. 1,2.")
@@ -66,8 +67,9 @@ def configurations():
     label = model + (f" x{n}" if len(layers) > 1 or n > 1 else "")
     label += f" {order}" if len(orders) > 1 else ""
     label += f" {readout}" if len(readouts) > 1 else ""
+    folder = os.path.join(root, folder_name(label.replace(" ", "-")))
     group = dataclasses.replace(base, model=model, num_layers=n, bit_order=order, readout=readout,
-                                workdir=os.path.join(root, folder_name(label.replace(" ", "-")))).resolved()
+                                workdir=folder).resolved()
     task = experiment.validate(group)
     groups.append((label, group))
   return root, groups, experiment.main_metric(task)

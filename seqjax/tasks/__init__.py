@@ -23,7 +23,7 @@ REGISTRY = {
 NAMES = tuple(REGISTRY)  # the built-in tasks
 SERIES = ("trajectory", "decay")  # tasks with a feedback_channel: next-value prediction
 DEFAULTS = {name: getattr(inspect.getmodule(make), "DEFAULTS") for name, make in REGISTRY.items()}
-OPTIONS = ("seq_len", "bit_order", "permute", "data_dir")  # what `get` passes on
+OPTIONS = ("seq_len", "bit_order", "permute", "data_dir", "eval_split")  # what `get` passes on
 _REGISTERED = {}  # name -> (factory, defaults), from `register`
 
 
@@ -77,7 +77,7 @@ def takes_seq_len(name: str) -> bool:
 def get(name: str, **options) -> Task:
   """The task called `name`, built with the options its factory takes (others are ignored).
 
-  Options: seq_len, bit_order, permute, data_dir (see each module's `make`).
+  Options: seq_len, bit_order, permute, data_dir, eval_split (see each module's `make`).
   """
   make = factory(name)
   accepted = _plugins.parameters(make)
