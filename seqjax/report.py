@@ -93,7 +93,7 @@ def steps_to_threshold(rows, metric: str, direction: str, value: float):
 def _evaluated_every(configs) -> str:
   """The resolution of steps to a threshold: the runs' evaluation interval(s)."""
   every = sorted({c["eval_every"] for c in configs if c.get("eval_every")})
-  return f"evaluated every {' or '.join(map(str, every))} steps" if every else "evaluated steps"
+  return f"; evaluated every {' or '.join(map(str, every))} steps" if every else ""
 
 
 def _task_label(config) -> str:
@@ -118,7 +118,7 @@ def summary_table(workdirs, metrics=None) -> str:
       header = ["run", "model", "task", "T", "H", "steps"]
       if any(r[0] for r in rules):
         header += [(f"steps to {_rule(metric, direction, value)}" if shared else
-                    "steps to threshold") + f" ({every})"]
+                    "steps to threshold") + (f" ({every[2:]})" if every else "")]
       header += ([f"final {m}" for m in shown] if shared or metrics else ["final value"])
       header += ["wall time"]
       lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -193,7 +193,7 @@ def mean_sd(values):
 
 def _mean_pm_sd(values, digits: str, sd_digits: str) -> str:
   mean, sd = mean_sd(values)
-  return f"{mean:{digits}}" + (f" ± {sd:{sd_digits}}" if sd is not None else " (one seed)")
+  return f"{mean:{digits}}" + (f" ± {sd:{sd_digits}}" if sd is not None else "")
 
 
 def _steps_over_seeds(reached, budget):
@@ -229,7 +229,7 @@ def seed_table(workdirs, metrics) -> str:
   series = any("feedback" in c for c in configs)  # only the series tasks record --feedback
   header = ["model", "task", "T", "H", *(["feedback"] if series else []), *varying, "seeds"]
   if rule[0]:
-    header.append(f"steps to {_rule(*rule)} (mean ± sample sd over seeds; "
+    header.append(f"steps to {_rule(*rule)} (mean ± sample sd over seeds"
                   f"{_evaluated_every(configs)})")
   header += [f"final {m} (mean ± sample sd over seeds)" for m in metrics]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
