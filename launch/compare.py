@@ -20,10 +20,13 @@ from absl import app, flags
 
 from launch import flags as run_flags
 from seqjax import cells, checkpoint, experiment, models, plots, report
+from seqjax.settings import folder_name
 from seqjax.tasks.binary_addition import BIT_ORDERS as ORDERS
 
 run_flags.define_settings(skip=("model", "bit_order", "num_layers", "readout"))
-MODELS = flags.DEFINE_list("models", ["rwa", "lstm"], f"Cells to compare: {', '.join(cells.NAMES)}.")
+MODELS = flags.DEFINE_list("models", ["rwa", "lstm"],
+                          f"Cells to compare: {', '.join(cells.NAMES)}, or MODULE:NAME (a cell "
+                          "factory of yours).")
 BIT_ORDERS = flags.DEFINE_list("bit_orders", ["lsb_first"],
                                f"binary_addition: {' and/or '.join(ORDERS)}.")
 NUM_LAYERS = flags.DEFINE_list("num_layers", ["1"], "Layer counts to compare, e.g. 1,2.")
@@ -42,7 +45,12 @@ def _distinct(flag: str, values) -> tuple:
 def configurations():
   """(root, [(label, group Settings)], metric) for every model x layers x bit order x readout;
   every setting checked before anything runs."""
-  names = _distinct("models", run_flags.parse_list("models", MODELS.value, choices=cells.NAMES))
+  names = _distinct("models", run_flags.parse_list("models", MODELS.value))
+  for name in names:  # each one's factory is tried with its group's settings by validate below
+    try:
+      cells.factory(name)
+    except ValueError as e:
+      raise experiment.RunError(f"--models={','.join(names)}: {e}") from None
   orders = _distinct("bit_orders", run_flags.parse_list("bit_orders", BIT_ORDERS.value,
                                                         choices=ORDERS))
   layers = _distinct("num_layers", run_flags.parse_list("num_layers", NUM_LAYERS.value, int,
@@ -52,14 +60,16 @@ def configurations():
   base = run_flags.settings()
   if not base.is_group:  # a comparison is always of groups (one seed at least)
     base = dataclasses.replace(base, seeds=(base.seed,), seed=None)
-  root = run_flags.HOLDERS["workdir"].value or f"runs/compare-{base.task}-T{base.seq_len}"
+  root = run_flags.HOLDERS["workdir"].value or \
+      f"runs/compare-{folder_name(base.task)}-T{base.seq_len}"
   groups = []
   for model, n, order, readout in itertools.product(names, layers, orders, readouts):
     label = model + (f" x{n}" if len(layers) > 1 or n > 1 else "")
     label += f" {order}" if len(orders) > 1 else ""
     label += f" {readout}" if len(readouts) > 1 else ""
+    folder = os.path.join(root, folder_name(label.replace(" ", "-")))
     group = dataclasses.replace(base, model=model, num_layers=n, bit_order=order, readout=readout,
-                                workdir=os.path.join(root, label.replace(" ", "-"))).resolved()
+                                workdir=folder).resolved()
     task = experiment.validate(group)
     groups.append((label, group))
   return root, groups, experiment.main_metric(task)

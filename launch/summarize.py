@@ -2,7 +2,7 @@
 
 Columns: settings, steps to the paper's threshold for the task (rolling mean of 5 evaluations),
 final eval metrics (--metrics=accuracy,sequence_accuracy to choose), wall time. With
---over_seeds: one row per configuration, the final metrics' mean ± sd over seeds. With
+--over_seeds: one row per configuration, the final metrics' mean ± sample sd (n − 1) over seeds. With
 --figure=PATH: also draw the runs' learning curves (one task) on one figure.
 """
 
@@ -15,7 +15,7 @@ from seqjax import plots, report
 
 METRICS = flags.DEFINE_list("metrics", None, "eval metrics to show (default: the task's).")
 OVER_SEEDS = flags.DEFINE_boolean("over_seeds", False,
-                                  "One row per configuration: mean ± sd of the final metrics "
+                                  "One row per configuration: mean ± sample sd of the final metrics "
                                   "over runs that differ only in --seed (needs --metrics).")
 FIGURE = flags.DEFINE_string("figure", None, "Also draw the runs' eval curves into this PNG "
                              "(runs of one task; the paper's threshold dotted).")

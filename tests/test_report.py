@@ -68,8 +68,9 @@ def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
     (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval_mse": mse}) + "\n")
   table = report.seed_table([tmp_path / n for n in ("a0", "a1", "b0")], ["mse"]).splitlines()
   assert len(table) == 4
-  assert table[2] == "| lstm | decay | 50 | 64 | free | 2 | 2 ± 1 |"
-  assert table[3] == "| lstm | decay | 50 | 64 | teacher | 1 | 5 ± 0 |"
+  assert table[0].endswith("| final mse (mean ± sample sd over seeds) |")
+  assert table[2] == "| lstm | decay | 50 | 64 | free | 2 | 2 ± 1.4 |"  # sqrt(2): n - 1 = 1
+  assert table[3] == "| lstm | decay | 50 | 64 | teacher | 1 | 5 |"  # one seed: no spread
 
 
 def test_seed_table_tells_groups_apart_by_learning_rate_and_bit_order(tmp_path):
@@ -92,11 +93,11 @@ def test_seed_table_tells_groups_apart_by_learning_rate_and_bit_order(tmp_path):
   assert table[0].startswith("| model | task | T | H | learning_rate | seeds |")
   assert table[2:] == [
       "| lstm | binary_addition (msb_first) | 8 | 16 | 0.003 | 2 | not within 10 "
-      "| 0.6 ± 0.1 |",
+      "| 0.6 ± 0.14 |",
       "| lstm | binary_addition (msb_first) | 8 | 16 | 0.01 | 2 | not within 10 "
       "| 0.9 ± 0 |",
       "| lstm | binary_addition (lsb_first) | 8 | 16 | 0.003 | 1 | not within 10 "
-      "| 1 ± 0 |"]
+      "| 1 |"]
 
 
 def _group(root, label, config, mse_by_seed):
@@ -124,10 +125,28 @@ def test_tables_over_seeds_name_each_run_and_average_the_steps_to_threshold(tmp_
                                                    "| lstm-attention/s1"]
   assert rows[4].split(" | ")[1] == "lstm + attention"
   table = report.seed_table(linear + attn, ["mse"]).splitlines()
-  assert "steps to mse < 0.01 (mean ± sd)" in table[0]
-  assert table[2] == "| lstm | adding | 100 | 8 | 2 | 800 ± 100 | 0.001 ± 0 |"
-  assert table[3] == ("| lstm + attention | adding | 100 | 8 | 2 | 700 ± 0 (1 of 2; the "
-                      "others not within 1000) | 0.0505 ± 0.05 |")
+  assert "steps to mse < 0.01 (mean ± sample sd over seeds) |" in table[0]
+  assert table[2] == "| lstm | adding | 100 | 8 | 2 | 800 ± 141 | 0.001 ± 0 |"
+  assert table[3] == ("| lstm + attention | adding | 100 | 8 | 2 | 700 (1 of 2; the "
+                      "others not within 1000) | 0.0505 ± 0.07 |")
+
+
+def test_spreads_are_the_sample_sd_and_steps_state_the_evaluation_interval(tmp_path):
+  values = [0.2, 0.5, 1.4]
+  mean = (0.2 + 0.5 + 1.4) / 3
+  by_hand = ((0.2 - mean) ** 2 + (0.5 - mean) ** 2 + (1.4 - mean) ** 2) / (3 - 1)
+  got_mean, got_sd = report.mean_sd(values)
+  assert abs(got_mean - 0.7) < 1e-12 and abs(got_sd - by_hand ** 0.5) < 1e-12
+  assert abs(got_sd - 0.6245) < 1e-4  # (the population sd would be 0.5099)
+  assert report.mean_sd([3.0]) == (3.0, None)
+  base = {"task": "adding", "seq_len": 100, "hidden_size": 8, "num_layers": 1, "model": "rwa",
+          "eval_every": 100}
+  runs = _group(tmp_path, "rwa", base, {s: [0.1] * 9 + [v] for s, v in enumerate(values)})
+  table = report.seed_table(runs, ["mse"]).splitlines()
+  assert "steps to mse < 0.01 (mean ± sample sd over seeds; evaluated every 100 steps) |" in table[0]
+  assert table[2].endswith("| 0.7 ± 0.62 |")
+  rows = report.summary_table(runs).splitlines()
+  assert "| steps to mse < 0.01 (evaluated every 100 steps) |" in rows[0]
 
 
 def test_tasks_without_a_threshold_show_their_main_metric(tmp_path):

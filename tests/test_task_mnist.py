@@ -359,3 +359,28 @@ def test_the_cli_refuses_a_crafted_dtype_state_in_one_line(tmp_path):
   lines = [line for line in out.stderr.splitlines() if "mnist.pkl.gz" in line]
   assert len(lines) == 1 and "refused" in lines[0], out.stderr
   assert not workdir.exists()
+
+
+def test_the_validation_split_is_the_last_sixth_or_the_pickles_own_and_left_out_of_training(
+    fake_mnist, tmp_path):
+  arrays, npz_dir, idx_dir = fake_mnist
+  train = arrays["x_train"].reshape(20, 784) / 255.0
+  for folder in (npz_dir, idx_dir):  # 20 // 6 = 3 held out, as 10,000 of 60,000
+    train_x, train_y, val_x, val_y = mnist.load(str(folder), "validation")
+    np.testing.assert_allclose(val_x, train[17:], rtol=1e-6)
+    np.testing.assert_array_equal(val_y, arrays["y_train"][17:])
+    np.testing.assert_allclose(train_x, train[:17], rtol=1e-6)
+    task = tasks.get("mnist", data_dir=str(folder), eval_split="validation")
+    assert task.held_out_size == 3
+    for x in sample(task, 16).xs[..., 0]:
+      assert np.abs(train[:17] - x).max(axis=1).min() < 1e-6
+  splits = _classic_splits()
+  (tmp_path / "mnist.pkl.gz").write_bytes(_gzipped_pickle(splits))
+  (xa, ya), (xb, yb), (xt, yt) = splits
+  train_x, train_y, val_x, val_y = mnist.load(str(tmp_path), "validation")  # the classic 50k/10k
+  np.testing.assert_array_equal(train_x, xa)
+  np.testing.assert_array_equal(train_y, ya)
+  np.testing.assert_array_equal(val_x, xb)
+  np.testing.assert_array_equal(val_y, yb)
+  assert not any(np.array_equal(v, t) for v in val_x for t in xt)  # disjoint from the test split
+  np.testing.assert_array_equal(mnist.load(str(tmp_path))[2], xt)  # the default: the test split

@@ -7,6 +7,26 @@ import numpy as np
 from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
 
 PERMUTATION_SEED = 0
+# --eval_split: "test" (train on all training data, evaluate on the test split: the RWA paper's
+# protocol) or "validation" (train on the training data less a fixed validation part, and
+# evaluate on that; the test split is left untouched, for the end of a study)
+EVAL_SPLITS = ("test", "validation")
+
+
+def check_eval_split(task: str, eval_split: str) -> str:
+  if eval_split not in EVAL_SPLITS:
+    raise ValueError(f"the {task} task: eval_split must be one of {', '.join(EVAL_SPLITS)}, got "
+                     f"{eval_split!r}")
+  return eval_split
+
+
+def split_off(train_x, train_y, num_validation: int):
+  """(train_x, train_y, validation_x, validation_y): the last num_validation examples held out."""
+  if not 1 <= num_validation < len(train_x):
+    raise ValueError(f"a validation part of {num_validation} of {len(train_x)} training examples "
+                     "leaves none to train on or none to evaluate")
+  cut = len(train_x) - num_validation
+  return train_x[:cut], train_y[:cut], train_x[cut:], train_y[cut:]
 
 
 def pixel_permutation(num_pixels: int) -> np.ndarray:
@@ -16,7 +36,8 @@ def pixel_permutation(num_pixels: int) -> np.ndarray:
 
 def classification_task(name, train_x, train_y, test_x, test_y, permute: bool,
                         num_classes: int = 10) -> Task:
-  """train_x/test_x: [N, P] float32 pixels in [0, 1]; *_y: [N] int labels."""
+  """train_x/test_x: [N, P] float32 pixels in [0, 1]; *_y: [N] int labels (test_*: the split
+  evaluated on, the test or the validation split)."""
   num_pixels = train_x.shape[1]
   if permute:
     perm = pixel_permutation(num_pixels)

