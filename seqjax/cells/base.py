@@ -76,6 +76,16 @@ class Cell(NamedTuple):
   layers: tuple = ()
 
 
+def hand_written_backward(cell: Cell) -> bool:
+  """Whether `seqjax.scan` differentiates `cell` (or a layer of it) by a hand-written pass."""
+  fast = cell.fast_loop
+  if fast is None or fast.step is not cell.step:
+    return False
+  if cell.layers:
+    return any(map(hand_written_backward, cell.layers))
+  return not fast.forward_mode
+
+
 def single_matrix_projections(dtype=None):
   """project_x = x W_x + b and project_h = h W_h: the projections of cells whose gates all sum
   one input product and one hidden product (rnn, lstm)."""
