@@ -34,6 +34,7 @@ from flax.typing import Initializer
 
 from seqjax.cells import RWAState
 from seqjax.cells.base import Cell
+from seqjax.torch_weights import from_torch, to_torch  # noqa: F401  (re-exported: interop.from_torch)
 
 # The carry leaves `carry_init` fills, in the order Flax's cells draw their keys (c, then h).
 _CARRY_INIT_FIELDS = ("c", "h")
