@@ -15,9 +15,15 @@ params it runs with. So such a carry stays valid after the params change, and s0
 gradient through it. It marks this with m = -inf (the RWA's "no step yet" is m = the most negative
 finite number; -inf additionally says "h_0 not given"); the adapters turn it into the RWA's own
 start state before the first step, so the cell never sees -inf: pass such a carry to an adapter,
-not to `cell.step`. `carry_init(key, shape, dtype)`, as in Flax, fills each layer's h_0 (and the
-LSTM's c_0; keys drawn for c, then h, as Flax's LSTM cells draw them); the RWA then starts from that
-h_0 instead of tanh(s0). Everything else in the carry (the RWA's n, d, m) keeps its start value.
+not to `cell.step`.
+
+`carry_init(key, shape, dtype)`, as in Flax's cells, gives every leaf of the carry its values
+(keys drawn per layer for c, then h, as Flax's LSTM cells draw them, then the other fields in
+order). For the RWA that is n, d and m too: a state whose running average n/d has the weight
+d·e^m, valid for any d > 0 (e.g. `ones`: h_{t-1} = 1 and a history averaging 1 with weight e).
+`zeros` (flax's default carry_init, d = 0, m = 0) is a start with no history that is exact only
+while the attention logits stay above about -87 (where e^a underflows in float32 and n/d becomes
+0/0); leave carry_init unset for the RWA's own start.
 
 Flax's `seq_lengths` keeps its own meaning: the returned carry is the state after each
 sequence's last valid step, but the outputs past a sequence's length are not zeroed (seqjax.scan
@@ -36,8 +42,8 @@ from seqjax.cells import RWAState
 from seqjax.cells.base import Cell
 from seqjax.torch_weights import from_torch, to_torch  # noqa: F401  (re-exported: interop.from_torch)
 
-# The carry leaves `carry_init` fills, in the order Flax's cells draw their keys (c, then h).
-_CARRY_INIT_FIELDS = ("c", "h")
+# The state fields whose `carry_init` keys come first, in the order Flax's LSTM cells draw them.
+_CARRY_INIT_FIRST = ("c", "h")
 
 
 def _check_cell(cell):
@@ -94,24 +100,19 @@ def _start_carry(cell, input_shape, carry_init, draw_keys):
   if carry_init is None:
     return carry
 
-  def fields(layer, params, state):
-    names = [f for f in _CARRY_INIT_FIELDS if f in getattr(state, "_fields", ())]
-    if "h" not in names:
-      raise ValueError(f"carry_init fills a state's h (and c); the state of cell {layer.name!r} "
-                       f"is {type(state).__name__}, which has no field h")
-    return names
-
-  layer_fields = []
-  _map_layers(lambda *a: layer_fields.append(fields(*a)), cell, zeros, carry)
-  keys = iter(draw_keys(sum(map(len, layer_fields))))
-  layer_fields = iter(layer_fields)
+  states = []
+  _map_layers(lambda layer, params, state: states.append(state), cell, zeros, carry)
+  keys = iter(draw_keys(len(jax.tree.leaves(states))))
 
   def fill(layer, params, state):
-    new = {f: carry_init(next(keys), getattr(state, f).shape, getattr(state, f).dtype)
-           for f in next(layer_fields)}
-    if _reads_s0(params, state):  # h_0 is given: the RWA's own "no step yet" m, not the marker
-      new["m"] = jnp.full_like(state.m, jnp.finfo(state.m.dtype).min)
-    return state._replace(**new)
+    def draw(leaf):
+      return carry_init(next(keys), leaf.shape, leaf.dtype)
+    if not hasattr(state, "_fields"):
+      return jax.tree.map(draw, state)
+    # Flax's order first (c, then h), then the other fields as the state lists them.
+    names = sorted(state._fields, key=lambda f: _CARRY_INIT_FIRST.index(f)
+                   if f in _CARRY_INIT_FIRST else len(_CARRY_INIT_FIRST))
+    return state._replace(**{f: jax.tree.map(draw, getattr(state, f)) for f in names})
 
   return _map_layers(fill, cell, zeros, carry)
 
@@ -142,7 +143,7 @@ class LinenCell(nn.RNNCellBase):
   Attributes:
     cell: the seqjax `Cell` (a stack included).
     carry_init: optional, as in Flax's cells: an initializer `(key, shape, dtype) -> array` for
-      each layer's h_0 (and c_0); None (default): the cell's own start state.
+      every leaf of the carry (see the module docstring); None (default): the cell's own start.
   """
   cell: Cell
   carry_init: Initializer | None = None
@@ -224,8 +225,8 @@ class NnxCell(nnx.RNNCellBase):
       input_shape: [*batch, F].
       rngs: an `nnx.Rngs` (its `carry` stream is used) or `nnx.RngStream`; needed only with
         carry_init.
-      carry_init: optional initializer `(key, shape, dtype) -> array` for each layer's h_0 (and
-        c_0); None (default): the cell's own start state.
+      carry_init: optional initializer `(key, shape, dtype) -> array` for every leaf of the
+        carry (see the module docstring); None (default): the cell's own start state.
     """
     def draw_keys(n):
       stream = rngs.carry if isinstance(rngs, nnx.Rngs) else rngs

@@ -183,18 +183,32 @@ def test_carry_init_like_flax():
   with pytest.raises(ValueError, match="rngs"):
     NnxCell(cells.lstm(4), F).initialize_carry((B, F), carry_init=nnx.initializers.ones)
 
-  # A stack: every layer's h_0 (and the LSTM's c_0) is the initializer's; the RWA then starts
-  # from that h_0, not from tanh(s0).
+  # A stack: every leaf of every layer's state is the initializer's (the RWA's n, d, m too, as
+  # flax's own test of initialize_carry(..., carry_init=ones) asks of its cells).
   cell, xs = cells.stack([cells.lstm(5), cells.rwa(4)]), inputs()
   module = NnxCell(cell, F)
   module.set_params(P := perturbed(cell))
   carry = module.initialize_carry((B, F), nnx.Rngs(0), carry_init=nnx.initializers.ones)
-  lstm_state, rwa_state = cell.initial_state(P, (B,))
-  start = (lstm_state._replace(h=jnp.ones((B, 5)), c=jnp.ones((B, 5))),
-           rwa_state._replace(h=jnp.ones((B, 4))))
+  start = jax.tree.map(jnp.ones_like, cell.initial_state(P, (B,)))
   assert_trees_close(carry, start, rtol=0, atol=0)
   want = seqjax.scan(cell, P, xs, initial_state=start)
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(want))
   assert_trees_close(nnx.RNN(module, return_carry=True)(xs, initial_carry=carry), want, **TOL)
+
+
+def test_carry_init_fills_every_leaf_for_every_cell(cell):
+  P = perturbed(cell)
+  linen = LinenCell(cell, carry_init=nn.initializers.ones).initialize_carry(jax.random.key(0),
+                                                                           (B, F))
+  module = NnxCell(cell, F)
+  nnx_carry = module.initialize_carry((B, F), nnx.Rngs(0), carry_init=nnx.initializers.ones)
+  start = jax.tree.map(jnp.ones_like, cell.initial_state(P, (B,)))
+  assert_trees_close(linen, start, rtol=0, atol=0)
+  assert_trees_close(nnx_carry, start, rtol=0, atol=0)
+  # A key of its own for every leaf: no two leaves drawn alike.
+  drawn = jax.tree.leaves(LinenCell(cell, carry_init=nn.initializers.normal(1.0))
+                          .initialize_carry(jax.random.key(0), (B, F)))
+  assert len({np.asarray(leaf).ravel()[0].item() for leaf in drawn}) == len(drawn)
 
 
 def test_carry_of_a_cell_whose_start_reads_its_params_is_refused():
