@@ -1,7 +1,10 @@
-"""Flax adapters: a seqjax `Cell` as a `flax.linen` or `flax.nnx` RNN cell.
+"""Bridges: a seqjax `Cell` as a `flax.linen` or `flax.nnx` RNN cell or whole-sequence module,
+and PyTorch weights in and out (`from_torch`, `to_torch`: seqjax.torch_weights).
 
   rnn = nn.RNN(LinenCell(cells.rwa(64)))                                  # flax.linen
   rnn = nnx.RNN(NnxCell(cells.rwa(64), input_size=2, rngs=nnx.Rngs(0)))   # flax.nnx
+  rnn = LinenRNN(cells.rwa(64))       # xs [B, T, F] -> hs: seqjax.scan, its fast loop, in Flax
+  rnn = NnxRNN(cells.rwa(64), input_size=2, rngs=nnx.Rngs(0))
 
 Both hold exactly the param pytree `cell.init` returns (a dict; a tuple of dicts for a stack),
 initialised by `cell.init` itself, and their carry is a seqjax state, so an adapter over T steps
@@ -40,6 +43,7 @@ from flax.typing import Initializer
 
 from seqjax.cells import RWAState
 from seqjax.cells.base import Cell
+from seqjax.scanning import scan
 from seqjax.torch_weights import from_torch, to_torch  # noqa: F401  (re-exported: interop.from_torch)
 
 # The state fields whose `carry_init` keys come first, in the order Flax's LSTM cells draw them.
@@ -173,23 +177,10 @@ class LinenCell(nn.RNNCellBase):
     return 1
 
 
-class NnxCell(nnx.RNNCellBase):
-  """A seqjax cell as a `flax.nnx` RNN cell, for `nnx.RNN`.
+class _NnxParams:
+  """The params of an nnx module over a seqjax cell: `cell.init`'s pytree, one `nnx.Param` a leaf."""
 
-  Params: `self.params` has the structure of `cell.init(rngs.params(), input_size)` (same keys
-  and shapes; a tuple of dicts for a stack) with every array held in its own `nnx.Param`, so nnx
-  optimizers, `nnx.grad` and `nnx.jit` treat it like any module's weights. `get_params()` returns
-  the plain pytree and `set_params(p)` writes one in.
-
-  Carry: a seqjax state (a tuple of them for a stack).
-
-  Args:
-    cell: the seqjax `Cell` (a stack included).
-    input_size: F, the last axis of the inputs.
-    rngs: the params key is `rngs.params()`; default `nnx.Rngs(0)`.
-  """
-
-  def __init__(self, cell: Cell, input_size: int, *, rngs: nnx.Rngs | None = None):
+  def _hold(self, cell: Cell, input_size: int, rngs: nnx.Rngs | None):
     _check_cell(cell)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     self.cell = nnx.static(cell)
@@ -212,6 +203,26 @@ class NnxCell(nnx.RNNCellBase):
         raise ValueError(f"param shape {value.shape} does not match the cell's {var.shape}")
     for var, value in zip(variables, values):
       var.set_value(value)
+
+
+class NnxCell(_NnxParams, nnx.RNNCellBase):
+  """A seqjax cell as a `flax.nnx` RNN cell, for `nnx.RNN`.
+
+  Params: `self.params` has the structure of `cell.init(rngs.params(), input_size)` (same keys
+  and shapes; a tuple of dicts for a stack) with every array held in its own `nnx.Param`, so nnx
+  optimizers, `nnx.grad` and `nnx.jit` treat it like any module's weights. `get_params()` returns
+  the plain pytree and `set_params(p)` writes one in.
+
+  Carry: a seqjax state (a tuple of them for a stack).
+
+  Args:
+    cell: the seqjax `Cell` (a stack included).
+    input_size: F, the last axis of the inputs.
+    rngs: the params key is `rngs.params()`; default `nnx.Rngs(0)`.
+  """
+
+  def __init__(self, cell: Cell, input_size: int, *, rngs: nnx.Rngs | None = None):
+    self._hold(cell, input_size, rngs)
 
   def __call__(self, carry, x):
     """One step. carry: a seqjax state; x: [*batch, F] -> (state, h [*batch, H])."""
@@ -243,3 +254,78 @@ class NnxCell(nnx.RNNCellBase):
 
 def _is_variable(x):
   return isinstance(x, nnx.Variable)
+
+
+def _scan_sequence(cell, params, xs, seq_lengths, initial_carry, unroll, remat):
+  state = None if initial_carry is None else _start_deferred(cell, params, initial_carry)
+  return scan(cell, params, xs, lengths=seq_lengths, initial_state=state, unroll=unroll,
+              remat=remat)
+
+
+class LinenRNN(nn.Module):
+  """A whole sequence through a seqjax cell as one `flax.linen` module: `seqjax.scan` inside, so
+  the cell's fast loop (the hand-written backward pass of rnn/lstm/gru/rwa) runs inside Flax.
+
+  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None)
+    -> hs [*batch, T, H], or (final_state, hs) with return_carry.
+
+  `seq_lengths` and the outputs mean what they mean in `seqjax.scan` (outputs past a sequence's
+  length are 0, a length of 0 returns the initial state), which differs from `nn.RNN`'s.
+  `initial_carry`: a seqjax state, or a carry from `LinenCell(cell).initialize_carry`.
+
+  Params: `variables["params"]["cell"]` is the pytree `cell.init(key, F)` returns — the same dict
+  `nn.RNN(LinenCell(cell))` keeps one level deeper, at `variables["params"]["cell"]["cell"]`
+  (nn.RNN names its cell module "cell"), so `{"params": rnn_vars["params"]["cell"]}` moves
+  weights from one to the other.
+
+  Attributes:
+    cell: the seqjax `Cell` (a stack included).
+    return_carry: default for `__call__`'s return_carry.
+    unroll, remat: as in `seqjax.scan` (None: the backend's measured default unroll).
+  """
+  cell: Cell
+  return_carry: bool = False
+  unroll: int | None = None
+  remat: bool = False
+
+  def __post_init__(self):
+    _check_cell(self.cell)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
+    params = self.param("cell", lambda key: self.cell.init(key, xs.shape[-1]))
+    final_state, hs = _scan_sequence(self.cell, params, xs, seq_lengths, initial_carry,
+                                     self.unroll, self.remat)
+    return_carry = self.return_carry if return_carry is None else return_carry
+    return (final_state, hs) if return_carry else hs
+
+
+class NnxRNN(_NnxParams, nnx.Module):
+  """A whole sequence through a seqjax cell as one `flax.nnx` module (`seqjax.scan` inside, so
+  the cell's fast loop runs in nnx). Params as `NnxCell`'s (`self.params`, `get_params`,
+  `set_params`).
+
+  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None)
+    -> hs [*batch, T, H], or (final_state, hs) with return_carry; `seq_lengths` and the outputs
+    as in `seqjax.scan` (padded outputs 0). `initial_carry`: a seqjax state, or a carry from
+    `NnxCell.initialize_carry`.
+
+  Args:
+    cell: the seqjax `Cell` (a stack included).
+    input_size: F, the last axis of the inputs.
+    rngs: the params key is `rngs.params()`; default `nnx.Rngs(0)`.
+    return_carry: default for `__call__`'s return_carry.
+    unroll, remat: as in `seqjax.scan`.
+  """
+
+  def __init__(self, cell: Cell, input_size: int, *, rngs: nnx.Rngs | None = None,
+               return_carry: bool = False, unroll: int | None = None, remat: bool = False):
+    self._hold(cell, input_size, rngs)
+    self.return_carry, self.unroll, self.remat = return_carry, unroll, remat
+
+  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
+    final_state, hs = _scan_sequence(self.cell, self.get_params(), xs, seq_lengths,
+                                     initial_carry, self.unroll, self.remat)
+    return_carry = self.return_carry if return_carry is None else return_carry
+    return (final_state, hs) if return_carry else hs
