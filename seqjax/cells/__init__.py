@@ -3,6 +3,7 @@ the min cells (min_rwa, min_gru, min_lstm) read x_t only in their gates and run 
 over time."""
 
 from seqjax.cells.base import Cell, FastLoop, positive_int
+from seqjax.cells.base import LoopParts, UpdateBackward, fused_step
 from seqjax.cells.gru import GRUState, gru
 from seqjax.cells.lstm import LSTMState, lstm
 from seqjax.cells.min_gru import MinGRUState, min_gru
@@ -42,3 +43,4 @@ __all__ = ["Cell", "FastLoop", "autodiff_backward", "get", "stack", "NAMES",
            "rnn", "lstm", "gru", "rwa", "min_rwa", "min_gru", "min_lstm",
            "RNNState", "LSTMState", "GRUState", "RWAState", "MinRWAState", "MinGRUState",
            "MinLSTMState"]
+__all__ += ["LoopParts", "UpdateBackward", "fused_step"]
