@@ -34,6 +34,7 @@ def run_block(marker):
 def test_ln_lstm_example_runs_and_its_fast_loop_is_its_step():
   ns = run_block("def ln_lstm(H)")   # runs the README's own gradient check too
   cell = ns["ln_lstm"](4)
+  assert {"LoopParts", "UpdateBackward", "fused_step"} <= set(cells.__all__)
   assert cell.fast_loop is not None and cells.autodiff_backward(cell).fast_loop is None
   with jax.enable_x64(True), jax.numpy_rank_promotion("allow"):
     params = jax.tree.map(lambda v: v.astype(jnp.float64),

@@ -50,7 +50,8 @@ class FastLoop(NamedTuple):
     xs_T [T, *batch, F]; active_T None or bool [T, *batch] (False: a padded step — the state
     is carried unchanged, the output is 0, the input reaches nothing); hs_T [T, *batch, H].
   forward_mode: False when `run` has a hand-written backward pass (a `jax.custom_vjp`: reverse
-    mode only); `cells.autodiff_backward` then drops it.
+    mode only; `seqjax.scan` refuses forward mode over it); `cells.autodiff_backward` then
+    drops it.
   """
   step: Callable
   run: Callable
@@ -101,7 +102,12 @@ def single_matrix_projections(dtype=None):
 
 def fused_step(parts: LoopParts):
   """(step, FastLoop) for a cell declared by its `parts`: the step they describe, and the time
-  loop with the hand-written backward pass that runs exactly that step (`seqjax._fused`)."""
+  loop with the hand-written backward pass that runs exactly that step (`seqjax._fused`).
+
+  Put both in the cell, `Cell(init, initial_state, step, name, H, fast_loop)`, and check its
+  gradients through `seqjax.scan` against those of `cells.autodiff_backward(cell)` (README,
+  "A fast cell of your own"; docs/library.md).
+  """
   def step(params, state, x_t):
     return parts.update(state, parts.project_x(params, x_t), parts.project_h(params, state.h))
   return step, FastLoop(step, _fused.fused_run(parts), forward_mode=False)
