@@ -16,6 +16,8 @@ per-step loop in float64.
 
 import jax
 import jax.numpy as jnp
+from jax._src import core as _jax_core
+from jax._src.interpreters import ad as _jax_ad
 
 from seqjax._timeloop import mask_inputs, select, zero_inactive
 
@@ -23,6 +25,30 @@ from seqjax._timeloop import mask_inputs, select, zero_inactive
 # Input width up to which the backward pass recomputes the input projection per step rather
 # than storing it (see make_fused_scan's store_input_projection).
 NARROW_INPUT = 32
+
+
+def under_forward_mode() -> bool:
+  """Whether the code being traced now runs under forward-mode autodiff (`jax.jvp`, `jax.jacfwd`,
+  `jax.linearize` in JAX's jvp + partial-eval mode) rather than reverse mode.
+
+  The first autodiff trace up the current trace stack decides: a JVP trace there means forward
+  mode; a linearize trace (`jax.grad`, `jax.vjp`) means reverse mode, also when a JVP trace sits
+  further up (forward-over-reverse: Hessian-vector products, which the hand-written pass
+  supports). JAX's trace stack is private API: if it changes shape, this answers False and JAX's
+  own error ("can't apply forward-mode autodiff (jvp) to a custom_vjp function") remains.
+  """
+  try:
+    trace = _jax_core.trace_ctx.trace
+    while trace is not None:
+      if isinstance(trace, _jax_ad.LinearizeTrace):
+        return False
+      if isinstance(trace, _jax_ad.JVPTrace):
+        # With direct linearize off, jax.grad itself runs a JVP trace: no telling them apart.
+        return bool(jax.config.jax_use_direct_linearize)
+      trace = getattr(trace, "parent_trace", None)
+  except AttributeError:
+    return False
+  return False
 
 
 def _rows(tree):

@@ -1,7 +1,10 @@
-"""Flax adapters: a seqjax `Cell` as a `flax.linen` or `flax.nnx` RNN cell.
+"""Bridges: a seqjax `Cell` as a `flax.linen` or `flax.nnx` RNN cell or whole-sequence module,
+and PyTorch weights in and out (`from_torch`, `to_torch`: seqjax.torch_weights).
 
   rnn = nn.RNN(LinenCell(cells.rwa(64)))                                  # flax.linen
   rnn = nnx.RNN(NnxCell(cells.rwa(64), input_size=2, rngs=nnx.Rngs(0)))   # flax.nnx
+  rnn = LinenRNN(cells.rwa(64))       # xs [B, T, F] -> hs: seqjax.scan, its fast loop, in Flax
+  rnn = NnxRNN(cells.rwa(64), input_size=2, rngs=nnx.Rngs(0))
 
 Both hold exactly the param pytree `cell.init` returns (a dict; a tuple of dicts for a stack),
 initialised by `cell.init` itself, and their carry is a seqjax state, so an adapter over T steps
@@ -15,9 +18,15 @@ params it runs with. So such a carry stays valid after the params change, and s0
 gradient through it. It marks this with m = -inf (the RWA's "no step yet" is m = the most negative
 finite number; -inf additionally says "h_0 not given"); the adapters turn it into the RWA's own
 start state before the first step, so the cell never sees -inf: pass such a carry to an adapter,
-not to `cell.step`. `carry_init(key, shape, dtype)`, as in Flax, fills each layer's h_0 (and the
-LSTM's c_0; keys drawn for c, then h, as Flax's LSTM cells draw them); the RWA then starts from that
-h_0 instead of tanh(s0). Everything else in the carry (the RWA's n, d, m) keeps its start value.
+not to `cell.step`.
+
+`carry_init(key, shape, dtype)`, as in Flax's cells, gives every leaf of the carry its values
+(keys drawn per layer for c, then h, as Flax's LSTM cells draw them, then the other fields in
+order). For the RWA that is n, d and m too: a state whose running average n/d has the weight
+d·e^m, valid for any d > 0 (e.g. `ones`: h_{t-1} = 1 and a history averaging 1 with weight e).
+`zeros` (flax's default carry_init, d = 0, m = 0) is a start with no history that is exact only
+while the attention logits stay above about -87 (where e^a underflows in float32 and n/d becomes
+0/0); leave carry_init unset for the RWA's own start.
 
 Flax's `seq_lengths` keeps its own meaning: the returned carry is the state after each
 sequence's last valid step, but the outputs past a sequence's length are not zeroed (seqjax.scan
@@ -34,9 +43,11 @@ from flax.typing import Initializer
 
 from seqjax.cells import RWAState
 from seqjax.cells.base import Cell
+from seqjax.scanning import scan
+from seqjax.torch_weights import from_torch, to_torch  # noqa: F401  (re-exported: interop.from_torch)
 
-# The carry leaves `carry_init` fills, in the order Flax's cells draw their keys (c, then h).
-_CARRY_INIT_FIELDS = ("c", "h")
+# The state fields whose `carry_init` keys come first, in the order Flax's LSTM cells draw them.
+_CARRY_INIT_FIRST = ("c", "h")
 
 
 def _check_cell(cell):
@@ -93,24 +104,19 @@ def _start_carry(cell, input_shape, carry_init, draw_keys):
   if carry_init is None:
     return carry
 
-  def fields(layer, params, state):
-    names = [f for f in _CARRY_INIT_FIELDS if f in getattr(state, "_fields", ())]
-    if "h" not in names:
-      raise ValueError(f"carry_init fills a state's h (and c); the state of cell {layer.name!r} "
-                       f"is {type(state).__name__}, which has no field h")
-    return names
-
-  layer_fields = []
-  _map_layers(lambda *a: layer_fields.append(fields(*a)), cell, zeros, carry)
-  keys = iter(draw_keys(sum(map(len, layer_fields))))
-  layer_fields = iter(layer_fields)
+  states = []
+  _map_layers(lambda layer, params, state: states.append(state), cell, zeros, carry)
+  keys = iter(draw_keys(len(jax.tree.leaves(states))))
 
   def fill(layer, params, state):
-    new = {f: carry_init(next(keys), getattr(state, f).shape, getattr(state, f).dtype)
-           for f in next(layer_fields)}
-    if _reads_s0(params, state):  # h_0 is given: the RWA's own "no step yet" m, not the marker
-      new["m"] = jnp.full_like(state.m, jnp.finfo(state.m.dtype).min)
-    return state._replace(**new)
+    def draw(leaf):
+      return carry_init(next(keys), leaf.shape, leaf.dtype)
+    if not hasattr(state, "_fields"):
+      return jax.tree.map(draw, state)
+    # Flax's order first (c, then h), then the other fields as the state lists them.
+    names = sorted(state._fields, key=lambda f: _CARRY_INIT_FIRST.index(f)
+                   if f in _CARRY_INIT_FIRST else len(_CARRY_INIT_FIRST))
+    return state._replace(**{f: jax.tree.map(draw, getattr(state, f)) for f in names})
 
   return _map_layers(fill, cell, zeros, carry)
 
@@ -141,7 +147,7 @@ class LinenCell(nn.RNNCellBase):
   Attributes:
     cell: the seqjax `Cell` (a stack included).
     carry_init: optional, as in Flax's cells: an initializer `(key, shape, dtype) -> array` for
-      each layer's h_0 (and c_0); None (default): the cell's own start state.
+      every leaf of the carry (see the module docstring); None (default): the cell's own start.
   """
   cell: Cell
   carry_init: Initializer | None = None
@@ -171,23 +177,10 @@ class LinenCell(nn.RNNCellBase):
     return 1
 
 
-class NnxCell(nnx.RNNCellBase):
-  """A seqjax cell as a `flax.nnx` RNN cell, for `nnx.RNN`.
+class _NnxParams:
+  """The params of an nnx module over a seqjax cell: `cell.init`'s pytree, one `nnx.Param` a leaf."""
 
-  Params: `self.params` has the structure of `cell.init(rngs.params(), input_size)` (same keys
-  and shapes; a tuple of dicts for a stack) with every array held in its own `nnx.Param`, so nnx
-  optimizers, `nnx.grad` and `nnx.jit` treat it like any module's weights. `get_params()` returns
-  the plain pytree and `set_params(p)` writes one in.
-
-  Carry: a seqjax state (a tuple of them for a stack).
-
-  Args:
-    cell: the seqjax `Cell` (a stack included).
-    input_size: F, the last axis of the inputs.
-    rngs: the params key is `rngs.params()`; default `nnx.Rngs(0)`.
-  """
-
-  def __init__(self, cell: Cell, input_size: int, *, rngs: nnx.Rngs | None = None):
+  def _hold(self, cell: Cell, input_size: int, rngs: nnx.Rngs | None):
     _check_cell(cell)
     rngs = nnx.Rngs(0) if rngs is None else rngs
     self.cell = nnx.static(cell)
@@ -211,6 +204,26 @@ class NnxCell(nnx.RNNCellBase):
     for var, value in zip(variables, values):
       var.set_value(value)
 
+
+class NnxCell(_NnxParams, nnx.RNNCellBase):
+  """A seqjax cell as a `flax.nnx` RNN cell, for `nnx.RNN`.
+
+  Params: `self.params` has the structure of `cell.init(rngs.params(), input_size)` (same keys
+  and shapes; a tuple of dicts for a stack) with every array held in its own `nnx.Param`, so nnx
+  optimizers, `nnx.grad` and `nnx.jit` treat it like any module's weights. `get_params()` returns
+  the plain pytree and `set_params(p)` writes one in.
+
+  Carry: a seqjax state (a tuple of them for a stack).
+
+  Args:
+    cell: the seqjax `Cell` (a stack included).
+    input_size: F, the last axis of the inputs.
+    rngs: the params key is `rngs.params()`; default `nnx.Rngs(0)`.
+  """
+
+  def __init__(self, cell: Cell, input_size: int, *, rngs: nnx.Rngs | None = None):
+    self._hold(cell, input_size, rngs)
+
   def __call__(self, carry, x):
     """One step. carry: a seqjax state; x: [*batch, F] -> (state, h [*batch, H])."""
     params = self.get_params()
@@ -223,8 +236,8 @@ class NnxCell(nnx.RNNCellBase):
       input_shape: [*batch, F].
       rngs: an `nnx.Rngs` (its `carry` stream is used) or `nnx.RngStream`; needed only with
         carry_init.
-      carry_init: optional initializer `(key, shape, dtype) -> array` for each layer's h_0 (and
-        c_0); None (default): the cell's own start state.
+      carry_init: optional initializer `(key, shape, dtype) -> array` for every leaf of the
+        carry (see the module docstring); None (default): the cell's own start state.
     """
     def draw_keys(n):
       stream = rngs.carry if isinstance(rngs, nnx.Rngs) else rngs
@@ -241,3 +254,78 @@ class NnxCell(nnx.RNNCellBase):
 
 def _is_variable(x):
   return isinstance(x, nnx.Variable)
+
+
+def _scan_sequence(cell, params, xs, seq_lengths, initial_carry, unroll, remat):
+  state = None if initial_carry is None else _start_deferred(cell, params, initial_carry)
+  return scan(cell, params, xs, lengths=seq_lengths, initial_state=state, unroll=unroll,
+              remat=remat)
+
+
+class LinenRNN(nn.Module):
+  """A whole sequence through a seqjax cell as one `flax.linen` module: `seqjax.scan` inside, so
+  the cell's fast loop (the hand-written backward pass of rnn/lstm/gru/rwa) runs inside Flax.
+
+  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None)
+    -> hs [*batch, T, H], or (final_state, hs) with return_carry.
+
+  `seq_lengths` and the outputs mean what they mean in `seqjax.scan` (outputs past a sequence's
+  length are 0, a length of 0 returns the initial state), which differs from `nn.RNN`'s.
+  `initial_carry`: a seqjax state, or a carry from `LinenCell(cell).initialize_carry`.
+
+  Params: `variables["params"]["cell"]` is the pytree `cell.init(key, F)` returns — the same dict
+  `nn.RNN(LinenCell(cell))` keeps one level deeper, at `variables["params"]["cell"]["cell"]`
+  (nn.RNN names its cell module "cell"), so `{"params": rnn_vars["params"]["cell"]}` moves
+  weights from one to the other.
+
+  Attributes:
+    cell: the seqjax `Cell` (a stack included).
+    return_carry: default for `__call__`'s return_carry.
+    unroll, remat: as in `seqjax.scan` (None: the backend's measured default unroll).
+  """
+  cell: Cell
+  return_carry: bool = False
+  unroll: int | None = None
+  remat: bool = False
+
+  def __post_init__(self):
+    _check_cell(self.cell)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
+    params = self.param("cell", lambda key: self.cell.init(key, xs.shape[-1]))
+    final_state, hs = _scan_sequence(self.cell, params, xs, seq_lengths, initial_carry,
+                                     self.unroll, self.remat)
+    return_carry = self.return_carry if return_carry is None else return_carry
+    return (final_state, hs) if return_carry else hs
+
+
+class NnxRNN(_NnxParams, nnx.Module):
+  """A whole sequence through a seqjax cell as one `flax.nnx` module (`seqjax.scan` inside, so
+  the cell's fast loop runs in nnx). Params as `NnxCell`'s (`self.params`, `get_params`,
+  `set_params`).
+
+  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None)
+    -> hs [*batch, T, H], or (final_state, hs) with return_carry; `seq_lengths` and the outputs
+    as in `seqjax.scan` (padded outputs 0). `initial_carry`: a seqjax state, or a carry from
+    `NnxCell.initialize_carry`.
+
+  Args:
+    cell: the seqjax `Cell` (a stack included).
+    input_size: F, the last axis of the inputs.
+    rngs: the params key is `rngs.params()`; default `nnx.Rngs(0)`.
+    return_carry: default for `__call__`'s return_carry.
+    unroll, remat: as in `seqjax.scan`.
+  """
+
+  def __init__(self, cell: Cell, input_size: int, *, rngs: nnx.Rngs | None = None,
+               return_carry: bool = False, unroll: int | None = None, remat: bool = False):
+    self._hold(cell, input_size, rngs)
+    self.return_carry, self.unroll, self.remat = return_carry, unroll, remat
+
+  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
+    final_state, hs = _scan_sequence(self.cell, self.get_params(), xs, seq_lengths,
+                                     initial_carry, self.unroll, self.remat)
+    return_carry = self.return_carry if return_carry is None else return_carry
+    return (final_state, hs) if return_carry else hs

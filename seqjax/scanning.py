@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax import _timeloop
-from seqjax.cells.base import Cell, positive_int
+from seqjax import _fused, _timeloop
+from seqjax.cells.base import Cell, hand_written_backward, positive_int
 
 # Measured best `unroll` per backend (BUILD_NOTES.md, performance): H100, LSTM B=100 T=1000
 # H=256 train step 33 ms at 1, 19 at 4, 17 at 8, 18 at 16; on the 2-core CPU > 1 never helped.
@@ -39,18 +39,26 @@ def scan(cell: Cell, params, xs, *, lengths=None, initial_state=None, unroll: in
     (final_state, hs) with hs: [*batch, T, H].
 
   The result is that of calling `cell.step` once per time step. The cell's `fast_loop`, when it
-  belongs to that very step, computes the same faster: the built-in rnn/lstm/gru/rwa run a loop
-  with a hand-written backward pass (a `jax.custom_vjp`: reverse mode, vmap and forward-over-
-  reverse (Hessian-vector products) work; plain forward mode (`jax.jvp`, `jax.jacfwd` of scan
-  itself) does not — scan `cells.autodiff_backward(cell)` for that: the same values, JAX's own
-  rules); the min cells run in parallel over time. A cell whose `step` was replaced or wrapped
-  (`cell._replace(step=...)`) runs that step, with JAX's rules.
+  belongs to that very step, computes the same faster: the built-in rnn/lstm/gru/rwa (and cells
+  built with `cells.fused_step`) run a loop with a hand-written backward pass (a
+  `jax.custom_vjp`): reverse mode, vmap and forward-over-reverse (Hessian-vector products) work;
+  forward mode (`jax.jvp`, `jax.jacfwd`) raises a TypeError naming `cells.autodiff_backward(cell)`,
+  which computes the same values with JAX's own rules (a function jitted and traced before
+  `jax.jvp` reaches it gives JAX's own "can't apply forward-mode autodiff (jvp) to a custom_vjp
+  function" instead). The min cells run in parallel over time. A cell whose `step` was replaced
+  or wrapped (`cell._replace(step=...)`) runs that step, with JAX's rules.
   """
   if not isinstance(cell, Cell):
     raise TypeError(f"scan needs a seqjax Cell, got {type(cell).__name__}")
   xs = jnp.asarray(xs)
   if xs.ndim < 2:
     raise ValueError(f"xs must be [B, T, F] or [T, F]; got shape {xs.shape}")
+  if hand_written_backward(cell) and _fused.under_forward_mode():
+    raise TypeError(
+        f"seqjax.scan: cell {cell.name!r} has a hand-written backward pass, which forward mode "
+        "(jax.jvp, jax.jacfwd) cannot run through (reverse mode, vmap and Hessian-vector "
+        "products can); scan cells.autodiff_backward(cell) instead: the same values, "
+        "differentiated by JAX's own rules")
   unroll = positive_int("unroll", default_unroll() if unroll is None else unroll)
   batch_shape, T = xs.shape[:-2], xs.shape[-2]
   if initial_state is None:

@@ -9,7 +9,7 @@ from flax import nnx
 
 import seqjax
 from seqjax import cells
-from seqjax.interop import LinenCell, NnxCell
+from seqjax.interop import LinenCell, LinenRNN, NnxCell, NnxRNN
 from helpers import assert_trees_close, random_params
 
 B, T, F = 3, 6, 3
@@ -183,18 +183,32 @@ def test_carry_init_like_flax():
   with pytest.raises(ValueError, match="rngs"):
     NnxCell(cells.lstm(4), F).initialize_carry((B, F), carry_init=nnx.initializers.ones)
 
-  # A stack: every layer's h_0 (and the LSTM's c_0) is the initializer's; the RWA then starts
-  # from that h_0, not from tanh(s0).
+  # A stack: every leaf of every layer's state is the initializer's (the RWA's n, d, m too, as
+  # flax's own test of initialize_carry(..., carry_init=ones) asks of its cells).
   cell, xs = cells.stack([cells.lstm(5), cells.rwa(4)]), inputs()
   module = NnxCell(cell, F)
   module.set_params(P := perturbed(cell))
   carry = module.initialize_carry((B, F), nnx.Rngs(0), carry_init=nnx.initializers.ones)
-  lstm_state, rwa_state = cell.initial_state(P, (B,))
-  start = (lstm_state._replace(h=jnp.ones((B, 5)), c=jnp.ones((B, 5))),
-           rwa_state._replace(h=jnp.ones((B, 4))))
+  start = jax.tree.map(jnp.ones_like, cell.initial_state(P, (B,)))
   assert_trees_close(carry, start, rtol=0, atol=0)
   want = seqjax.scan(cell, P, xs, initial_state=start)
+  assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(want))
   assert_trees_close(nnx.RNN(module, return_carry=True)(xs, initial_carry=carry), want, **TOL)
+
+
+def test_carry_init_fills_every_leaf_for_every_cell(cell):
+  P = perturbed(cell)
+  linen = LinenCell(cell, carry_init=nn.initializers.ones).initialize_carry(jax.random.key(0),
+                                                                           (B, F))
+  module = NnxCell(cell, F)
+  nnx_carry = module.initialize_carry((B, F), nnx.Rngs(0), carry_init=nnx.initializers.ones)
+  start = jax.tree.map(jnp.ones_like, cell.initial_state(P, (B,)))
+  assert_trees_close(linen, start, rtol=0, atol=0)
+  assert_trees_close(nnx_carry, start, rtol=0, atol=0)
+  # A key of its own for every leaf: no two leaves drawn alike.
+  drawn = jax.tree.leaves(LinenCell(cell, carry_init=nn.initializers.normal(1.0))
+                          .initialize_carry(jax.random.key(0), (B, F)))
+  assert len({np.asarray(leaf).ravel()[0].item() for leaf in drawn}) == len(drawn)
 
 
 def test_carry_of_a_cell_whose_start_reads_its_params_is_refused():
@@ -322,3 +336,69 @@ def test_nnx_set_params_checks_structure_and_shapes():
     bad = jax.tree.map(lambda a: a + 1, P)
     module.set_params((bad[0], {**bad[1], "s0": jnp.zeros(5)}))
   assert_trees_close(module.get_params(), P, rtol=0, atol=0)  # a refused write changes nothing
+
+
+# Whole-sequence modules: seqjax.scan inside Flax
+
+
+def _scan_loss_and_grads(cell, P, xs, lengths, initial_state=None):
+  def run(P):
+    out = seqjax.scan(cell, P, xs, lengths=lengths, initial_state=initial_state)
+    return loss(*out), out
+  return jax.jit(jax.value_and_grad(run, has_aux=True))(P)
+
+
+@pytest.mark.parametrize("name", ["lstm", "lstm+rwa"])
+def test_linen_rnn_is_scan_in_flax(name):
+  cell, xs, lengths = MAKERS[name](), inputs(), jnp.array([T, 0, 4])
+  module = LinenRNN(cell, return_carry=True)
+  variables = module.init(jax.random.key(0), xs)
+  assert list(variables) == ["params"] and list(variables["params"]) == ["cell"]
+  assert jax.tree.structure(variables["params"]["cell"]) == jax.tree.structure(cell.init(
+      jax.random.key(0), F))
+  P = perturbed(cell)
+
+  def run(P):
+    out = module.apply({"params": {"cell": P}}, xs, seq_lengths=lengths)
+    return loss(*out), out
+
+  got = jax.jit(jax.value_and_grad(run, has_aux=True))(P)
+  want = _scan_loss_and_grads(cell, P, xs, lengths)
+  assert_trees_close(got, want, **TOL)   # outputs (padded steps 0), final carries and gradients
+  assert_trees_close(module.apply({"params": {"cell": P}}, xs, seq_lengths=lengths, return_carry=False),
+                     want[0][1][1],
+                     **TOL)
+  # nn.RNN(LinenCell(cell)) keeps the same dict one level deeper: weights move between them.
+  rnn_vars = nn.RNN(LinenCell(cell)).init(jax.random.key(0), xs)
+  assert_trees_close(LinenRNN(cell).apply({"params": rnn_vars["params"]["cell"]}, xs),
+                     nn.RNN(LinenCell(cell)).apply(rnn_vars, xs), **TOL)
+  # A carry from LinenCell.initialize_carry (the RWA's h_0 deferred to these params) streams.
+  carry = LinenCell(cell).initialize_carry(jax.random.key(0), (B, F))
+  final, hs_a = module.apply({"params": {"cell": P}}, xs[:, :2], initial_carry=carry)
+  final, hs_b = module.apply({"params": {"cell": P}}, xs[:, 2:], initial_carry=final)
+  assert_trees_close((final, jnp.concatenate([hs_a, hs_b], axis=1)), seqjax.scan(cell, P, xs),
+                     **TOL)
+
+
+@pytest.mark.parametrize("name", ["gru", "lstm+rwa"])
+def test_nnx_rnn_is_scan_in_nnx(name):
+  cell, xs, lengths = MAKERS[name](), inputs(), jnp.array([2, T, 0])
+  module = NnxRNN(cell, F, rngs=nnx.Rngs(3))
+  assert_trees_close(module.get_params(), cell.init(nnx.Rngs(3).params(), F), rtol=0, atol=0)
+  module.set_params(P := perturbed(cell))
+  carry = NnxCell(cell, F).initialize_carry((B, F))
+
+  @nnx.jit
+  def run(module):
+    def f(module):
+      out = module(xs, seq_lengths=lengths, initial_carry=carry, return_carry=True)
+      return loss(*out), out
+    return nnx.value_and_grad(f, has_aux=True)(module)
+
+  (value, out), grads = run(module)
+  (want_value, want_out), want_grads = _scan_loss_and_grads(cell, P, xs, lengths)
+  assert_trees_close((value, out), (want_value, want_out), **TOL)
+  got = by_path(grads["params"])
+  for path, leaf in by_path(want_grads).items():
+    np.testing.assert_allclose(got[path], leaf, **TOL, err_msg=str(path))
+  assert_trees_close(module(xs), seqjax.scan(cell, P, xs)[1], **TOL)  # default: hs only

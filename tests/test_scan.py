@@ -152,6 +152,28 @@ def test_forward_mode_and_hessian_vector_products(name):
     assert_trees_close(hvp, hvp_ref, rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", CELLS)
+def test_forward_mode_raises_one_error_naming_autodiff_backward(name):
+  cell, params, xs = _problem(name, T=4)
+  f = lambda p: jnp.sum(seqjax.scan(cell, p, xs)[1])  # noqa: E731
+  message = r"'.*' has a hand-written backward.*cells\.autodiff_backward\(cell\)"
+  for forward in (lambda: jax.jvp(f, (params,), (params,)), lambda: jax.jacfwd(f)(params),
+                  lambda: jax.jit(lambda p: jax.jvp(f, (p,), (p,)))(params),
+                  lambda: jax.jvp(lambda x: jnp.sum(seqjax.scan(cell, params, x)[1]), (xs,), (xs,))):
+    with pytest.raises(TypeError, match=message):
+      forward()
+  # Reverse mode under an outer jvp is not forward mode: d/dxs <grad_params, v>, a mixed
+  # second derivative, runs the hand-written pass and equals the literal loop's.
+  v = random_params(params, jax.random.key(4))
+  def mixed(run):
+    inner = lambda x: sum(jnp.vdot(g, w) for g, w in zip(  # noqa: E731
+        jax.tree.leaves(jax.grad(lambda p: jnp.sum(jnp.sin(run(p, x)[1])))(params)),
+        jax.tree.leaves(v)))
+    return jax.jvp(inner, (xs,), (jnp.cos(xs),))[1]
+  np.testing.assert_allclose(mixed(lambda p, x: seqjax.scan(cell, p, x)),
+                             mixed(lambda p, x: loop(cell, p, x)), rtol=2e-5, atol=1e-5)
+
+
 def _doubling(step):
   @functools.wraps(step)  # copies step's attributes and name: scan must still run this wrapper
   def doubled(params, state, x_t):

@@ -6,6 +6,7 @@ factory of yours)."""
 from seqjax import _plugins
 
 from seqjax.cells.base import Cell, FastLoop, positive_int
+from seqjax.cells.base import LoopParts, UpdateBackward, fused_step
 from seqjax.cells.gru import GRUState, gru
 from seqjax.cells.lstm import LSTMState, lstm
 from seqjax.cells.min_gru import MinGRUState, min_gru
@@ -70,3 +71,4 @@ __all__ = ["Cell", "FastLoop", "autodiff_backward", "factory", "get", "register"
            "rnn", "lstm", "gru", "rwa", "min_rwa", "min_gru", "min_lstm",
            "RNNState", "LSTMState", "GRUState", "RWAState", "MinRWAState", "MinGRUState",
            "MinLSTMState"]
+__all__ += ["LoopParts", "UpdateBackward", "fused_step"]

@@ -50,7 +50,8 @@ class FastLoop(NamedTuple):
     xs_T [T, *batch, F]; active_T None or bool [T, *batch] (False: a padded step — the state
     is carried unchanged, the output is 0, the input reaches nothing); hs_T [T, *batch, H].
   forward_mode: False when `run` has a hand-written backward pass (a `jax.custom_vjp`: reverse
-    mode only); `cells.autodiff_backward` then drops it.
+    mode only; `seqjax.scan` refuses forward mode over it); `cells.autodiff_backward` then
+    drops it.
   """
   step: Callable
   run: Callable
@@ -76,6 +77,16 @@ class Cell(NamedTuple):
   layers: tuple = ()
 
 
+def hand_written_backward(cell: Cell) -> bool:
+  """Whether `seqjax.scan` differentiates `cell` (or a layer of it) by a hand-written pass."""
+  fast = cell.fast_loop
+  if fast is None or fast.step is not cell.step:
+    return False
+  if cell.layers:
+    return any(map(hand_written_backward, cell.layers))
+  return not fast.forward_mode
+
+
 def single_matrix_projections(dtype=None):
   """project_x = x W_x + b and project_h = h W_h: the projections of cells whose gates all sum
   one input product and one hidden product (rnn, lstm)."""
@@ -91,7 +102,12 @@ def single_matrix_projections(dtype=None):
 
 def fused_step(parts: LoopParts):
   """(step, FastLoop) for a cell declared by its `parts`: the step they describe, and the time
-  loop with the hand-written backward pass that runs exactly that step (`seqjax._fused`)."""
+  loop with the hand-written backward pass that runs exactly that step (`seqjax._fused`).
+
+  Put both in the cell, `Cell(init, initial_state, step, name, H, fast_loop)`, and check its
+  gradients through `seqjax.scan` against those of `cells.autodiff_backward(cell)` (README,
+  "A fast cell of your own"; docs/library.md).
+  """
   def step(params, state, x_t):
     return parts.update(state, parts.project_x(params, x_t), parts.project_h(params, state.h))
   return step, FastLoop(step, _fused.fused_run(parts), forward_mode=False)
