@@ -154,7 +154,7 @@ def _jax_contender(label, fns, box, xs):
 def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",), versus=(),
                autodiff_row=False, anchors=ANCHORS, seed=1):
   """The contenders of one configuration, seqjax's first variant first; returns (contenders,
-  notes: why an asked-for row is absent, versions)."""
+  notes: why an asked-for row is absent or is another row, versions)."""
   xs = jax.random.normal(jax.random.key(seed), (B, T, F), jnp.float32)
   box, out, notes = {}, [], []
   versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
@@ -192,7 +192,7 @@ def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",
                                   + ("" if u == 1 else f" unroll={u}"),
                                   flax_fns(name, xs, H, unroll=u), box, xs))
       if unrolls[0] == 1:
-        notes.append("flax at seqjax's unroll: seqjax's unroll here is 1, flax's default")
+        notes.append("flax at seqjax's unroll: that is unroll 1, flax's default row")
     else:
       notes.append(f"flax: no {name} cell in flax")
   if "cudnn" in anchors:

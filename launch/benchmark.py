@@ -105,7 +105,7 @@ def main(argv):
       dtypes=(DTYPE.value,), versus=VERSUS.value, autodiff_row=AUTODIFF_ROW.value,
       anchors=ANCHORS.value)
   for note in notes:
-    print(f"not timed: {note}", file=sys.stderr)
+    print(f"note: {note}", file=sys.stderr)
   results = bench_lib.time_rows(contenders, REPEATS.value, B * T)
   print(f"B={B} T={T} F={F} H={H} seqjax unroll={','.join(map(str, unrolls))} | {versions}")
   print(f"{'implementation':42s} {'kind':6s} {'ms/step':>9s} {'tokens/s':>10s} {'anchor/seqjax':>14s}")
