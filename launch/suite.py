@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from typing import NamedTuple
 
@@ -302,7 +303,7 @@ def main(budget_s, sections, report_dir=None, tiny=False):
   """The whole `--suite` command; bad arguments raise RunError before anything runs."""
   start = time.monotonic()
   sections = check_args(budget_s, sections, report_dir)
-  header = probe(budget_s)
+  header = probe(min(budget_s, 120))
   if report_dir is None:
     report_dir = default_report_dir(header["backend"])
     _check_writable(report_dir)
@@ -352,7 +353,8 @@ def run_suite(report_dir, budget_s, *, tiny=False, sections=SECTIONS, header=Non
   logs = os.path.join(report_dir, "logs")
   os.makedirs(logs, exist_ok=True)
   write_report(report_dir, report)
-  previous = signal.signal(signal.SIGTERM, _raise_stopped)
+  main_thread = threading.current_thread() is threading.main_thread()  # signals: main only
+  previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
   try:
     with tempfile.TemporaryDirectory() as tmp:
       for name in sections:
@@ -378,7 +380,8 @@ def run_suite(report_dir, budget_s, *, tiny=False, sections=SECTIONS, header=Non
             f"{len(entry['rows'])} rows; {max(0.0, budget_s - (time.monotonic() - start)):.0f} s "
             "of budget left")
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
   return report
 
 

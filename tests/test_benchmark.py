@@ -3,8 +3,10 @@ the suite keeps within its budget, records crashes and keeps every finished sect
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -146,3 +148,30 @@ def test_an_unwritable_report_dir_is_refused_before_anything_runs(tmp_path):
   with pytest.raises(RunError, match=r"--report_dir=.*file/x: cannot write a report there"):
     suite.check_args(10, ["speed"], str(tmp_path / "file" / "x"))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_stopped_suite_keeps_the_finished_sections_and_the_running_ones_rows(tmp_path):
+  write_rows = ("import json, sys; json.dump({'rows': [{'x': 1.5}], 'notes': ['wrote'], "
+                "'versions': {}}, open(sys.argv[1], 'w'))")
+
+  def command(name, out_json, tiny):
+    if name == "first":
+      return [sys.executable, "-c", write_rows, out_json]
+    return [sys.executable, "-c", write_rows + "; import time; time.sleep(60)", out_json]
+
+  def stop_when_the_second_runs(line):
+    if line.startswith("[suite] first"):
+      threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+  t = time.monotonic()
+  with pytest.raises(KeyboardInterrupt):
+    suite.run_suite(str(tmp_path), 900, sections=("first", "second", "third"), command=command,
+                    log=stop_when_the_second_runs)
+  assert time.monotonic() - t < 30
+  report, by_name = _report(tmp_path)
+  assert list(by_name) == ["first", "second"]
+  assert by_name["first"]["status"] == "ok" and by_name["first"]["rows"] == [{"x": 1.5}]
+  second = by_name["second"]
+  assert second["status"] == "timeout" and second["rows"] == [{"x": 1.5}]
+  assert second["notes"] == ["wrote", "suite stopped (SIGTERM); rows: those it finished"]
+  assert "| 1.5 |" in (tmp_path / "report.md").read_text()
