@@ -1,10 +1,18 @@
-"""The benchmark runs end to end on tiny shapes and reports what it promises (no timing asserts)."""
+"""The benchmark runs end to end on tiny shapes and reports what it promises (no timing asserts);
+the suite keeps within its budget, records crashes and keeps every finished section."""
 
-import pytest
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+
+import pytest
+
+from launch import suite
+from seqjax.settings import RunError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +32,7 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
   for (impl, kind), r in rows.items():
     assert r["ms"] > 0 and abs(r["tokens_per_s"] - 4 * 6 / (r["ms"] / 1000)) < 1e-6 * r["tokens_per_s"]
     if impl.startswith("seqjax"):
-      assert r["anchor_over_seqjax"] == 1.0
+      assert r["ratio"] == 1.0
   assert report["versions"]["backend"] == "cpu" and "launch.benchmark" in report["command"]
   memory = {m["T"]: m for m in report["memory"]}
   assert memory[1024]["remat"] < memory[1024]["plain"]
@@ -36,3 +44,134 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
   bad = subprocess.run([sys.executable, "-m", "launch.benchmark", "--runs=2,0"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode != 0 and "--runs=2,0: must be an integer >= 1" in bad.stderr
+  for args, line in ((["--budget_s=0"], "error: --budget_s=0.0: must be a number of seconds > 0"),
+                     (["--sections=speed,nope"], "error: --sections=speed,nope: 'nope' is not"),
+                     ([f"--report_dir={out_json}/x"], f"error: --report_dir={out_json}/x: cannot")):
+    bad = subprocess.run([sys.executable, "-m", "launch.benchmark", "--suite", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and bad.stderr.strip().startswith(line), bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def _quiet(line):
+  del line
+
+
+def _report(report_dir):
+  report = json.loads((report_dir / "report.json").read_text())
+  assert (report_dir / "report.md").read_text() == suite.render_md(report)
+  return report, {s["name"]: s for s in report["sections"]}
+
+
+def test_tiny_suite_runs_every_section_and_reports_their_rows(tmp_path):
+  # in-process driver, a subprocess per section as on an accelerator; a generous budget so a
+  # loaded machine does not cut it (the budget itself is the next test's point)
+  report = suite.run_suite(str(tmp_path), 900, tiny=True, log=_quiet)
+  on_disk, by_name = _report(tmp_path)
+  assert on_disk == report and report["tiny"] and report["backend"] == "cpu"
+  assert [s["name"] for s in report["sections"]] == list(suite.SECTIONS)
+  assert {s["name"]: s["status"] for s in report["sections"]} == dict.fromkeys(suite.SECTIONS, "ok")
+  assert by_name["tests"]["rows"] == [{"test": "total passed", "outcome": 2}]
+  B, T = suite.TINY.speed[:2]
+  speed = by_name["speed"]["rows"]
+  impls = {(r["config"].split()[0], r["implementation"], r["kind"]) for r in speed}
+  assert impls == {(c, i, k) for c, i in (("lstm", "seqjax lstm"),
+                                          ("lstm", "flax nn.RNN(OptimizedLSTMCell)"),
+                                          ("gru", "seqjax gru"), ("gru", "flax nn.RNN(GRUCell)"),
+                                          ("rwa", "seqjax rwa")) for k in ("train", "infer")}
+  for r in speed:
+    assert abs(r["tokens_per_s"] - B * T / (r["ms"] / 1000)) < 1e-6 * r["tokens_per_s"]
+    assert (r["ratio"] == 1.0) == r["implementation"].startswith("seqjax")
+    first = next(f for f in speed if f["config"] == r["config"] and f["kind"] == r["kind"])
+    assert abs(r["ratio"] - r["ms"] / first["ms"]) < 1e-9
+  notes = " ".join(by_name["speed"]["notes"])
+  assert "cudnn: GPU only (backend cpu)" in notes and "fp16 persistent-kernel rows" in notes
+  runs = by_name["runs"]["rows"]
+  assert [r["runs"] for r in runs] == list(suite.TINY.runs[-1]) and runs[0]["ratio_vmap"] == 1.0
+  assert abs(runs[1]["ratio_loop"] - runs[1]["ms_loop"] / (2 * runs[0]["ms_vmap"])) < 1e-9
+  assert {r["implementation"] for r in by_name["min"]["rows"]} == {
+      "seqjax min_rwa", "seqjax rwa", "seqjax min_gru", "seqjax gru", "seqjax min_lstm",
+      "seqjax lstm"}
+  assert {r["implementation"] for r in by_name["dtype"]["rows"]} == {"seqjax lstm",
+                                                                     "seqjax lstm bfloat16"}
+  (memory,) = by_name["memory"]["rows"]
+  assert memory["T"] == 16 and 0 < memory["remat"] <= memory["plain"]
+  md = (tmp_path / "report.md").read_text()
+  for name in suite.SECTIONS:
+    assert f"## {name}: ok" in md
+  for cell in ("| seqjax rwa | train |", "| total passed | 2 |", "| min_gru vs gru B=2 T=8",
+               "| seqjax lstm bfloat16 | infer |", "| lstm B=4 F=2 H=8 | 16 |"):
+    assert cell in md
+  assert (tmp_path / "logs" / "speed.log").exists()
+
+
+def test_the_budget_cuts_the_suite_short_and_keeps_a_report(tmp_path):
+  t = time.monotonic()
+  report = suite.run_suite(str(tmp_path), 2, tiny=True, sections=("speed", "runs", "memory"),
+                           log=_quiet)
+  assert time.monotonic() - t < 15
+  assert [s["status"] for s in report["sections"]] == ["timeout", "skipped", "skipped"]
+  assert _report(tmp_path)[0] == report
+  speed, runs, _ = report["sections"]
+  assert 1.9 < speed["seconds"] < 10 and "killed after 2 s" in speed["notes"][-1]
+  assert runs["seconds"] == 0 and runs["notes"] == ["no budget left"] and runs["rows"] == []
+
+
+def test_a_crashing_section_is_failed_and_the_next_still_runs(tmp_path):
+  def command(name, out_json, tiny):
+    if name == "crash":  # a section whose process dies, as a broken backend would make it
+      return [sys.executable, "-c", "import sys; print('injected crash'); sys.exit(3)"]
+    return suite.section_command(name, out_json, tiny)
+
+  report = suite.run_suite(str(tmp_path), 900, tiny=True, sections=("crash", "dtype"),
+                           command=command, log=_quiet)
+  crash, dtype = report["sections"]
+  assert crash["status"] == "failed" and crash["notes"] == ["exit code 3: injected crash"]
+  assert dtype["status"] == "ok" and len(dtype["rows"]) == 4
+  assert report["device"] == "cpu (cpu) x1"  # no probe given: the first section that reported
+  assert _report(tmp_path)[0] == report
+
+
+@pytest.mark.parametrize("budget_s, sections, message", [
+    (0, ["speed"], "--budget_s=0: must be a number of seconds > 0"),
+    (-5.0, ["speed"], "--budget_s=-5.0: must be a number of seconds > 0"),
+    (10, ["speed", "fast"], "--sections=speed,fast: 'fast' is not one of tests, speed, runs, min"),
+    (10, [], "--sections=: give at least one value"),
+])
+def test_bad_suite_arguments_are_named(budget_s, sections, message):
+  with pytest.raises(RunError, match=message.replace("(", r"\(")):
+    suite.check_args(budget_s, sections, None)
+
+
+def test_an_unwritable_report_dir_is_refused_before_anything_runs(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(RunError, match=r"--report_dir=.*file/x: cannot write a report there"):
+    suite.check_args(10, ["speed"], str(tmp_path / "file" / "x"))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_stopped_suite_keeps_the_finished_sections_and_the_running_ones_rows(tmp_path):
+  write_rows = ("import json, sys; json.dump({'rows': [{'x': 1.5}], 'notes': ['wrote'], "
+                "'versions': {}}, open(sys.argv[1], 'w'))")
+
+  def command(name, out_json, tiny):
+    if name == "first":
+      return [sys.executable, "-c", write_rows, out_json]
+    return [sys.executable, "-c", write_rows + "; import time; time.sleep(60)", out_json]
+
+  def stop_when_the_second_runs(line):
+    if line.startswith("[suite] first"):
+      threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+  t = time.monotonic()
+  with pytest.raises(KeyboardInterrupt):
+    suite.run_suite(str(tmp_path), 900, sections=("first", "second", "third"), command=command,
+                    log=stop_when_the_second_runs)
+  assert time.monotonic() - t < 30
+  report, by_name = _report(tmp_path)
+  assert list(by_name) == ["first", "second"]
+  assert by_name["first"]["status"] == "ok" and by_name["first"]["rows"] == [{"x": 1.5}]
+  second = by_name["second"]
+  assert second["status"] == "timeout" and second["rows"] == [{"x": 1.5}]
+  assert second["notes"] == ["wrote", "suite stopped (SIGTERM); rows: those it finished"]
+  assert "| 1.5 |" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,320 @@
+"""The measuring functions of launch.benchmark: one configuration's train and inference steps for
+seqjax and its anchors, timed interleaved in one process; the remat memory table; the many-runs
+table. Plain functions of explicit sizes (no flags), so the single-configuration mode and every
+section of the suite time things the same way.
+
+A row's `ratio` is its time / the first row's time of the same configuration (the reference:
+seqjax's first variant), so > 1 means the reference is faster.
+"""
+
+import statistics
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import seqjax
+from seqjax import cells, models
+
+FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}
+TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+ANCHORS = ("flax", "torch", "torch_fp16", "cudnn")
+
+
+class Contender(NamedTuple):
+  label: str
+  train: Callable[[], None]  # one train step, blocked until done
+  infer: Callable[[], None]  # one forward pass, blocked until done
+
+
+def _loss(ys_BxTxH_or_O):
+  return jnp.mean(ys_BxTxH_or_O ** 2)
+
+
+def _adam_step(tx, loss_of_params):
+  """The train step of a model whose loss is loss_of_params(params, xs): grad, Adam, update."""
+  def train_step(state, xs):
+    params, opt_state = state
+    grads = jax.grad(loss_of_params)(params, xs)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  return train_step
+
+
+def seqjax_fns(cell, xs, remat=False, unroll=1):
+  params = models.init(cell, jax.random.key(0), xs.shape[-1], 1)
+  tx = optax.adam(1e-3)
+
+  def infer(params, xs):
+    return models.readout(params, seqjax.scan(cell, params["cell"], xs, unroll=unroll,
+                                              remat=remat)[1])
+
+  step = _adam_step(tx, lambda p, xs: _loss(infer(p, xs)))
+  return (params, tx.init(params)), jax.jit(step, donate_argnums=0), jax.jit(infer)
+
+
+def flax_fns(name, xs, hidden_size, unroll=1):
+  from flax import linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, xs):
+      hs = nn.RNN(getattr(nn, FLAX_CELLS[name])(hidden_size), unroll=unroll)(xs)
+      return nn.Dense(1)(hs)
+
+  net = Net()
+  params = net.init(jax.random.key(0), xs)
+  tx = optax.adam(1e-3)
+  step = _adam_step(tx, lambda p, xs: _loss(net.apply(p, xs)))
+  return (params, tx.init(params)), jax.jit(step, donate_argnums=0), jax.jit(net.apply)
+
+
+def cudnn_fns(xs, hidden_size):
+  """cuDNN's LSTM through jax.experimental.rnn (GPU only; its own flat weight layout)."""
+  from jax.experimental import rnn
+  B, F, H = xs.shape[0], xs.shape[-1], hidden_size
+  k1, k2 = jax.random.split(jax.random.key(0))
+  params = {"w": rnn.init_lstm_weight(k1, F, H, 1, False),
+            "head": jax.random.normal(k2, (H, 1)) / np.sqrt(H)}
+  zeros = jnp.zeros((1, B, H), jnp.float32)
+  lengths = jnp.full((B,), xs.shape[1], jnp.int32)
+  tx = optax.adam(1e-3)
+
+  def apply(params, xs):
+    hs = rnn.lstm(xs, zeros, zeros, params["w"], lengths, input_size=F, hidden_size=H,
+                  num_layers=1, dropout=0.0, bidirectional=False)[0]
+    return hs @ params["head"]
+
+  step = _adam_step(tx, lambda p, xs: _loss(apply(p, xs)))
+  return (params, tx.init(params)), jax.jit(step, donate_argnums=0), jax.jit(apply)
+
+
+def torch_cuda():
+  """True when JAX runs on a GPU and torch sees CUDA (torch is then timed there)."""
+  import torch
+  return jax.default_backend() == "gpu" and torch.cuda.is_available()
+
+
+def persistent_shapes(B, F, H):
+  """The shapes at which torch lets cuDNN pick its persistent LSTM kernel (with fp16/bf16):
+  B % 8 == 0, B <= 128, H % 128 == 0, F % 128 == 0."""
+  return B % 8 == 0 and B <= 128 and H % 128 == 0 and F % 128 == 0
+
+
+def torch_fns(name, xs_np, hidden_size, half=False):
+  """torch.nn.LSTM/GRU/RNN with a linear head and Adam; `half`: params and data in fp16 (CUDA
+  only), the precision at which cuDNN may take its persistent kernel."""
+  import torch
+  torch.manual_seed(0)
+  device = "cuda" if torch_cuda() else "cpu"
+  rnn = getattr(torch.nn, TORCH_CELLS[name])(xs_np.shape[-1], hidden_size, batch_first=True)
+  head = torch.nn.Linear(hidden_size, 1)
+  rnn, head = rnn.to(device), head.to(device)
+  xs = torch.from_numpy(np.array(xs_np)).to(device)  # a writable copy
+  if half:
+    rnn, head, xs = rnn.half(), head.half(), xs.half()
+  # eps 1e-8 underflows to 0 in fp16; 1e-4 keeps the fp16 update finite.
+  opt = torch.optim.Adam(list(rnn.parameters()) + list(head.parameters()), lr=1e-3,
+                         eps=1e-4 if half else 1e-8)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def train_step():
+    opt.zero_grad(set_to_none=True)
+    loss = (head(rnn(xs)[0]).float() ** 2).mean()
+    loss.backward()
+    opt.step()
+    sync()
+
+  def infer():
+    with torch.no_grad():
+      head(rnn(xs)[0])
+    sync()
+
+  where = (f"CUDA, cuDNN {torch.backends.cudnn.version()}" if device == "cuda"
+           else f"{torch.get_num_threads()} threads")
+  return train_step, infer, f"torch {torch.__version__} ({where})"
+
+
+def _blocked(step, box, key, xs):
+  def train():
+    box[key] = step(box[key], xs)
+    jax.block_until_ready(box[key])
+  return train
+
+
+def _jax_contender(label, fns, box, xs):
+  box[label], step, infer = fns
+  return Contender(label, _blocked(step, box, label, xs),
+                   lambda: jax.block_until_ready(infer(box[label][0], xs)))
+
+
+def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",), versus=(),
+               autodiff_row=False, anchors=ANCHORS, seed=1):
+  """The contenders of one configuration, seqjax's first variant first; returns (contenders,
+  notes: why an asked-for row is absent or is another row, versions)."""
+  xs = jax.random.normal(jax.random.key(seed), (B, T, F), jnp.float32)
+  box, out, notes = {}, [], []
+  versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
+              "backend": jax.default_backend()}
+
+  def get(cell_name, layers, dtype):
+    return cells.get(cell_name, hidden_size=H, num_layers=layers,
+                     dtype=None if dtype == "float32" else jnp.bfloat16)
+
+  variants = []  # (label, cell, unroll)
+  for dtype in dtypes:
+    tag = "" if dtype == "float32" else f" {dtype}"
+    for n in num_layers:
+      cell = get(name, n, dtype)
+      for u in unrolls:
+        variants.append((f"seqjax {cell.name}" + (f" unroll={u}" if len(unrolls) > 1 else "")
+                         + tag, cell, u))
+    for other in versus:
+      vcell = get(other, num_layers[0], dtype)
+      variants.append((f"seqjax {vcell.name}{tag}", vcell, unrolls[0]))
+  if autodiff_row:
+    label, cell, u = variants[0]
+    variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u))
+  for label, cell, unroll in variants:
+    out.append(_jax_contender(label, seqjax_fns(cell, xs, unroll=unroll), box, xs))
+  gpu = jax.default_backend() == "gpu"
+  if "flax" in anchors:
+    if name in FLAX_CELLS:
+      import flax
+      versions["flax"] = flax.__version__
+      # flax's default (unroll 1) and flax at seqjax's unroll, so unrolling is not counted as
+      # seqjax's alone.
+      for u in sorted({1, unrolls[0]}):
+        out.append(_jax_contender(f"flax nn.RNN({FLAX_CELLS[name]})"
+                                  + ("" if u == 1 else f" unroll={u}"),
+                                  flax_fns(name, xs, H, unroll=u), box, xs))
+      if unrolls[0] == 1:
+        notes.append("flax at seqjax's unroll: that is unroll 1, flax's default row")
+    else:
+      notes.append(f"flax: no {name} cell in flax")
+  if "cudnn" in anchors:
+    if name != "lstm":
+      notes.append(f"cudnn: jax.experimental.rnn has an LSTM only, no {name}")
+    elif not gpu:
+      notes.append(f"cudnn: GPU only (backend {jax.default_backend()})")
+    else:
+      out.append(_jax_contender("cuDNN (jax.experimental.rnn)", cudnn_fns(xs, H), box, xs))
+  for half in (False, True):
+    anchor = "torch_fp16" if half else "torch"
+    if anchor not in anchors:
+      continue
+    if name not in TORCH_CELLS:
+      notes.append(f"{anchor}: no {name} module in torch")
+      continue
+    try:
+      cuda = torch_cuda()
+    except ImportError:
+      notes.append(f"{anchor}: torch not importable")
+      continue
+    if half and not cuda:
+      notes.append(f"{anchor}: CUDA only (JAX on {jax.default_backend()}"
+                   + (", torch without CUDA)" if gpu else ")"))
+      continue
+    ttrain, tinfer, versions["torch"] = torch_fns(name, np.asarray(xs), H, half=half)
+    label = f"torch.nn.{TORCH_CELLS[name]}"
+    if half:
+      label += (" fp16, persistent-kernel shapes" if persistent_shapes(B, F, H)
+                else " fp16 (not persistent-kernel shapes)")
+    out.append(Contender(label, ttrain, tinfer))
+  return out, notes, versions
+
+
+def _time(fn):
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def time_rows(contenders, repeats, tokens):
+  """Medians of `repeats` interleaved runs (after two warm-up runs each) of every contender's
+  train and inference steps, one row per (contender, kind); ratio = time / first contender's."""
+  times = {(c.label, kind): [] for c in contenders for kind in ("train", "infer")}
+  for c in contenders:  # warm-up: compile and first runs
+    c.train(); c.train(); c.infer(); c.infer()
+  for _ in range(repeats):
+    for c in contenders:
+      times[(c.label, "train")].append(_time(c.train))
+      times[(c.label, "infer")].append(_time(c.infer))
+  med = {key: statistics.median(ts) for key, ts in times.items()}
+  first = contenders[0].label
+  return [{"implementation": label, "kind": kind, "ms": 1000 * m, "tokens_per_s": tokens / m,
+           "ratio": m / med[(first, kind)]} for (label, kind), m in med.items()]
+
+
+def memory_table(cell, B, F, lengths):
+  """XLA's compiled temp bytes (memory analysis; compiled, not run) of the whole seqjax train
+  step through models.apply -- forward, squared loss against targets, backward, Adam -- by T,
+  with the outputs read at the last step (adding-like: keys plain, remat) and at every step
+  (plain_per_step, remat_per_step), without and with remat."""
+  tx = optax.adam(1e-3)
+  params = models.init(cell, jax.random.key(0), F, 1)
+  state = (params, tx.init(params))
+  rows = []
+  for T in lengths:
+    xs = jax.ShapeDtypeStruct((B, T, F), jnp.float32)
+    row = {"T": T}
+    for per_step in (False, True):
+      ys = jax.ShapeDtypeStruct((B, T, 1) if per_step else (B, 1), jnp.float32)
+      for remat in (False, True):
+        def loss(p, xs, ys=ys, per_step=per_step, remat=remat):
+          return jnp.mean((models.apply(cell, p, xs, per_step=per_step, remat=remat) - ys) ** 2)
+
+        def train_step(state, xs, ys, loss=loss):
+          return _adam_step(tx, lambda p, xs: loss(p, xs, ys))(state, xs)
+
+        key = ("remat" if remat else "plain") + ("_per_step" if per_step else "")
+        try:
+          compiled = jax.jit(train_step, donate_argnums=0).lower(state, xs, ys).compile()
+          row[key] = compiled.memory_analysis().temp_size_in_bytes
+        except jax.errors.JaxRuntimeError as e:  # e.g. GPU autotuning cannot fit the buffers
+          row[key] = None
+          row["error"] = str(e).splitlines()[0][:200]
+    rows.append(row)
+  return rows
+
+
+def runs_table(cell, B, T, F, counts, repeats):
+  """ms per train step of N runs (own params, Adam state and batch each), vmapped and looped,
+  and the ratios time(N) / (N * time(1 run)); the one-run step is timed interleaved with them."""
+  from seqjax import train
+  tx = optax.adam(1e-3)
+  one = _adam_step(tx, lambda p, xs: _loss(models.readout(p, seqjax.scan(cell, p["cell"], xs)[1])))
+
+  box, steps = {}, {}
+  for n in sorted(set([1] + list(counts))):
+    keys = jax.random.split(jax.random.key(0), n)
+    params = [models.init(cell, k, F, 1) for k in keys]
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *[(p, tx.init(p)) for p in params])
+    xs = jax.random.normal(jax.random.key(1), (n, B, T, F), jnp.float32)
+    if n == 1:  # the plain one-run program, no runs axis
+      state, xs = jax.tree.map(lambda x: x[0], state), xs[0]
+    for looped in ((False,) if n == 1 else (False, True)):
+      box[n, looped] = jax.tree.map(jnp.copy, state)
+      steps[n, looped] = (jax.jit(one if n == 1 else train.over_runs(one, n, one_at_a_time=looped),
+                                  donate_argnums=0), xs)
+
+  timed = {key: _blocked(step, box, key, xs) for key, (step, xs) in steps.items()}
+  for fn in timed.values():
+    fn(); fn()
+  times = {key: [] for key in steps}
+  for _ in range(repeats):
+    for key, fn in timed.items():
+      times[key].append(_time(fn))
+  med = {key: statistics.median(ts) for key, ts in times.items()}
+  return [{"runs": n, "ms_vmap": 1000 * med[n, False], "ms_loop": 1000 * med[n, n > 1],
+           "ratio_vmap": med[n, False] / (n * med[1, False]),
+           "ratio_loop": med[n, n > 1] / (n * med[1, False])} for n in counts]
+
+
+def runs_looped():
+  """The runner's way of training many runs on this backend: True = loop, False = vmap."""
+  from seqjax import train
+  return train.runs_one_at_a_time(runs_spread_over_devices=False)
