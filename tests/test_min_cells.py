@@ -1,4 +1,4 @@
-"""The min cells (min_rwa, min_gru, min_lstm): seqjax.scan runs them over all steps at once
+"""The min cells (min_rwa, min_rda, min_gru, min_lstm): seqjax.scan runs them over all steps at once
 (jax.lax.associative_scan) or as a loop over their elementwise part; both paths against float64
 NumPy loops of the equations, the literal loop of `step`, and each other."""
 
@@ -14,7 +14,7 @@ from helpers import (assert_directional_derivatives, assert_trees_close, loop,
 import numpy_refs
 
 F, H = 3, 4
-MIN = ("min_rwa", "min_gru", "min_lstm")
+MIN = ("min_rwa", "min_rda", "min_gru", "min_lstm")
 PATHS = {"associative": True, "loop": False}
 
 

@@ -1,19 +1,21 @@
 """Recurrent cells as pure functions: `cells.rwa(H)`, `cells.get("rwa", hidden_size=H)`;
-the min cells (min_rwa, min_gru, min_lstm) read x_t only in their gates and run in parallel
-over time."""
+rda is the rwa with a forget gate; the min cells (min_rwa, min_rda, min_gru, min_lstm) read x_t
+only in their gates and run in parallel over time."""
 
 from seqjax.cells.base import Cell, FastLoop, positive_int
 from seqjax.cells.gru import GRUState, gru
 from seqjax.cells.lstm import LSTMState, lstm
 from seqjax.cells.min_gru import MinGRUState, min_gru
 from seqjax.cells.min_lstm import MinLSTMState, min_lstm
+from seqjax.cells.min_rda import MinRDAState, min_rda
 from seqjax.cells.min_rwa import MinRWAState, min_rwa
+from seqjax.cells.rda import RDAState, rda
 from seqjax.cells.rnn import RNNState, rnn
 from seqjax.cells.rwa import RWAState, rwa
 from seqjax.cells.stack import stack
 
-REGISTRY = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa,
-            "min_rwa": min_rwa, "min_gru": min_gru, "min_lstm": min_lstm}
+REGISTRY = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa, "rda": rda,
+            "min_rwa": min_rwa, "min_rda": min_rda, "min_gru": min_gru, "min_lstm": min_lstm}
 NAMES = tuple(REGISTRY)
 
 
@@ -39,6 +41,6 @@ def autodiff_backward(cell: Cell) -> Cell:
 
 
 __all__ = ["Cell", "FastLoop", "autodiff_backward", "get", "stack", "NAMES",
-           "rnn", "lstm", "gru", "rwa", "min_rwa", "min_gru", "min_lstm",
-           "RNNState", "LSTMState", "GRUState", "RWAState", "MinRWAState", "MinGRUState",
-           "MinLSTMState"]
+           "rnn", "lstm", "gru", "rwa", "rda", "min_rwa", "min_rda", "min_gru", "min_lstm",
+           "RNNState", "LSTMState", "GRUState", "RWAState", "RDAState", "MinRWAState",
+           "MinRDAState", "MinGRUState", "MinLSTMState"]
