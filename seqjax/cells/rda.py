@@ -33,7 +33,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax.cells import rwa as _rwa
+from seqjax.cells.rwa import _enter, _leave, _mean, rwa
 from seqjax.cells.base import (Cell, LoopParts, UpdateBackward, bias, check_dtype, fused_step,
                                glorot, matmul, positive_int)
 
@@ -60,7 +60,7 @@ def rda(hidden_size: int, dtype=None, *, forget_bias: float = 1.0) -> Cell:
   H = positive_int("hidden_size", hidden_size)
   dtype = check_dtype(dtype)
   forget_bias = check_forget_bias(forget_bias)
-  base = _rwa.rwa(H, dtype)
+  base = rwa(H, dtype)
 
   def init(key, input_size: int):
     F = positive_int("input_size", input_size)
@@ -134,7 +134,7 @@ def _step_back(state, px, ph, carried, dh_out):
   n, d, _, r, w = discount_and_add(state, z, a, log_f)
   h = jnp.tanh(n / d)
   alpha, beta = w / d, state.d * r / d
-  delta = z - _rwa._mean(state)
+  delta = z - _mean(state)
   dq = (carried.h + dh_out) * (1 - h * h)
   dn, G = carried.n + dq / d, carried.d
   G_prev = r * (G - dn * delta * alpha)
@@ -148,4 +148,4 @@ def _step_back(state, px, ph, carried, dh_out):
   return carried_prev, dpx, (dg.astype(gh.dtype), df.astype(fh.dtype), da.astype(ah.dtype))
 
 
-_BACKWARD = UpdateBackward(_rwa._enter, _step_back, _rwa._leave)
+_BACKWARD = UpdateBackward(_enter, _step_back, _leave)
