@@ -94,8 +94,9 @@ def test_first_step_is_exact(variant, forget_bias):
     np.testing.assert_allclose(hs[b], reference(params, xs[b]), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("forget_bias", [-50.0, 50.0])
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant, forget_bias", [
+    ("rda", -50.0), ("rda", 50.0), ("min_rda/loop", -50.0), ("min_rda/loop", 50.0),
+    ("min_rda/associative", -50.0)])  # (at +50 it is min_rwa's case, tested there)
 @pytest.mark.slow
 def test_saturated_attention_and_gates_over_2000_steps_stay_finite_and_accurate(variant,
                                                                                   forget_bias):
@@ -135,7 +136,10 @@ def test_rda_backward_is_exact_where_attention_or_gate_saturates(attention, forg
     p64, x64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), (params, xs))
     g64 = jax.grad(lambda p: jnp.sum(loop(cell, p, x64)[1] ** 2))(p64)
   for k in g64:
-    tol = 1e-5 * max(float(np.abs(g64[k]).max()), 1.0)
+    # saturated attention: W_a's and the gate's exact gradients are ~1e-16 (autodiff of the
+    # step in float32 leaves ~3e-7 of noise in them, and ~1e-4 relative in W_u's)
+    saturated = attention >= 1e3 and k in ("W_ax", "W_ah", "W_fx", "W_fh", "b_f")
+    tol = 1e-12 if saturated else 1e-5 * max(float(np.abs(g64[k]).max()), 1.0)
     np.testing.assert_allclose(g32[k], g64[k], rtol=0, atol=tol, err_msg=k)
 
 
