@@ -27,7 +27,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax._timeloop import select, zero_inactive
 from seqjax.cells import _parallel
 from seqjax.cells.base import Cell, check_dtype, matmul, positive_int, state_dtype
 from seqjax.cells.rda import check_forget_bias, discount_and_add
@@ -83,13 +82,7 @@ def min_rda(hidden_size: int, dtype=None, parallel=None, *, forget_bias: float =
     stretches = jax.lax.associative_scan(_combine, elements)
     first = (jnp.zeros_like(state0.m), _sg(state0.m), state0.n, state0.d)
     _, m, n, d = _combine(tuple(v[None] for v in first), stretches)
-    # d = 0 only where no step has been seen yet (then n = 0 too, and h is the initial 0)
-    hs_T = jnp.tanh(n / jnp.where(d > 0, d, 1))
-    final = MinRDAState(h=hs_T[-1], n=n[-1], d=d[-1], m=m[-1])
-    if active_T is None:
-      return final, hs_T
-    final = select(active_T.any(axis=0), final, state0)  # length 0: state0 exactly
-    return final, zero_inactive(active_T, hs_T)
+    return _parallel.weighted_mean_outputs(MinRDAState, m, n, d, state0, active_T)
 
   step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
   return Cell(init, initial_state, step, "min_rda", H, fast_loop)
