@@ -28,6 +28,7 @@ value, see BUILD_NOTES.md). With f ≡ 1 (b_f → +∞) the cell is the rwa.
 """
 
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -48,7 +49,7 @@ class RDAState(NamedTuple):
 
 
 def check_forget_bias(forget_bias) -> float:
-  if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)) \
+  if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real) \
       or not math.isfinite(forget_bias):
     raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
   return float(forget_bias)
