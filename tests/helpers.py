@@ -61,3 +61,23 @@ def assert_directional_derivatives(loss, args, grads, keys, rtol=1e-7, atol=0.0,
     analytic = sum(jnp.vdot(g, d) for g, d in
                    zip(jax.tree.leaves(grads), jax.tree.leaves(direction)))
     np.testing.assert_allclose(analytic, fd, rtol=rtol, atol=atol)
+
+
+def assert_long_run_finite_and_close_to_float64(cell, params, xs, atol):
+  """value_and_grad of a loss over seqjax.scan(cell, params, xs): value, outputs and gradients
+  finite, some gradient nonzero, d ≥ 1 where the state has one (nothing underflowed to 0/0),
+  and the outputs within `atol` of the same scan in float64."""
+  def loss(p, x):
+    state, hs = seqjax.scan(cell, p, x)
+    return jnp.mean(hs[:, -100:] ** 2) + jnp.sum(state.h), (state, hs)
+
+  (value, (state, hs)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
+      params, xs)
+  assert np.isfinite(value) and np.isfinite(hs).all()
+  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+  assert float(jnp.abs(grads[0]["W_u"]).max()) > 0
+  assert float(state.d.min()) >= 1.0
+  with jax.enable_x64(True):
+    p64, x64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), (params, xs))
+    _, hs64 = jax.jit(lambda p, x: seqjax.scan(cell, p, x))(p64, x64)
+  np.testing.assert_allclose(hs, hs64, rtol=0, atol=atol)

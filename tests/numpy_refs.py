@@ -86,6 +86,45 @@ def min_rwa(params, xs):
   return np.stack(hs)
 
 
+def _discounted_mean(Z, A, log_F):
+  """tanh(n_t / d_t) with the direct sums n_t = Σ_{i≤t} (Π_{i<j≤t} f_j) z_i e^{a_i} and
+  d_t = Σ_{i≤t} (Π_{i<j≤t} f_j) e^{a_i} of the history Z, A, log_F [t, H] (the product taken as
+  the exp of a sum of logs, every weight divided by the largest: the ratio is unchanged)."""
+  later = np.cumsum(log_F[::-1], axis=0)[::-1] - log_F  # Σ_{i<j≤t} log f_j, row i
+  log_w = A + later
+  weights = np.exp(log_w - log_w.max(axis=0))
+  return np.tanh((Z * weights).sum(axis=0) / weights.sum(axis=0))
+
+
+def log_sigmoid(v):
+  return -np.logaddexp(0.0, -v)
+
+
+def rda(params, xs):
+  """The rwa with the discount f_t = σ(x W_fx + h W_fh + b_f) on all the past weights, the
+  whole discounted average recomputed from the history at every step."""
+  p = as64(params)
+  h = np.tanh(p["s0"])
+  zs, as_, fs, hs = [], [], [], []
+  for x in np.asarray(xs, np.float64):
+    u = x @ p["W_u"] + p["b_u"]
+    g = x @ p["W_gx"] + h @ p["W_gh"] + p["b_g"]
+    zs.append(u * np.tanh(g))
+    as_.append(x @ p["W_ax"] + h @ p["W_ah"])
+    fs.append(log_sigmoid(x @ p["W_fx"] + h @ p["W_fh"] + p["b_f"]))
+    h = _discounted_mean(np.stack(zs), np.stack(as_), np.stack(fs))
+    hs.append(h)
+  return np.stack(hs)
+
+
+def min_rda(params, xs):
+  p = as64(params)
+  xs = np.asarray(xs, np.float64)
+  Z = (xs @ p["W_u"] + p["b_u"]) * np.tanh(xs @ p["W_g"] + p["b_g"])  # [T, H]
+  A, log_F = xs @ p["W_a"], log_sigmoid(xs @ p["W_f"] + p["b_f"])
+  return np.stack([_discounted_mean(Z[:t + 1], A[:t + 1], log_F[:t + 1]) for t in range(len(xs))])
+
+
 def min_gru(params, xs):
   p = as64(params)
   h = np.zeros(p["b_z"].shape)
@@ -108,5 +147,5 @@ def min_lstm(params, xs):
   return np.stack(hs)
 
 
-REFERENCES = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa,
-              "min_rwa": min_rwa, "min_gru": min_gru, "min_lstm": min_lstm}
+REFERENCES = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa, "rda": rda,
+              "min_rwa": min_rwa, "min_rda": min_rda, "min_gru": min_gru, "min_lstm": min_lstm}

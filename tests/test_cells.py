@@ -19,7 +19,12 @@ LAYOUT = {
     "gru": {"W_x": (F, 3 * H), "W_h": (H, 3 * H), "b_x": (3 * H,), "b_h": (3 * H,)},
     "rwa": {"W_u": (F, H), "b_u": (H,), "W_gx": (F, H), "W_gh": (H, H), "b_g": (H,),
             "W_ax": (F, H), "W_ah": (H, H), "s0": (H,)},
+    "rda": {"W_u": (F, H), "b_u": (H,), "W_gx": (F, H), "W_gh": (H, H), "b_g": (H,),
+            "W_ax": (F, H), "W_ah": (H, H), "s0": (H,), "W_fx": (F, H), "W_fh": (H, H),
+            "b_f": (H,)},
     "min_rwa": {"W_u": (F, H), "W_g": (F, H), "W_a": (F, H), "b_u": (H,), "b_g": (H,)},
+    "min_rda": {"W_u": (F, H), "W_g": (F, H), "W_a": (F, H), "W_f": (F, H), "b_u": (H,),
+                "b_g": (H,), "b_f": (H,)},
     "min_gru": {"W_z": (F, H), "W_h": (F, H), "b_z": (H,), "b_h": (H,)},
     "min_lstm": {"W_f": (F, H), "W_i": (F, H), "W_h": (F, H), "b_f": (H,), "b_i": (H,),
                  "b_h": (H,)},
@@ -165,9 +170,9 @@ def test_rwa_attention_logits_in_the_thousands_give_finite_accurate_gradients(sc
 def test_gradients_match_float64_central_differences(name):
   with jax.enable_x64(True):
     cell, params, xs = _problem(name, jax.random.key(9), jnp.float64)
-    if name == "rwa":  # sharp attention, as after training: |a| ~ 10
+    if name in ("rwa", "rda"):  # sharp attention, as after training: |a| ~ 10
       params = dict(params, W_ax=params["W_ax"] * 8, W_ah=params["W_ah"] * 8)
-    if name == "min_rwa":
+    if name in ("min_rwa", "min_rda"):
       params = dict(params, W_a=params["W_a"] * 8)
     w = jax.random.normal(jax.random.key(10), (xs.shape[0], T, H), jnp.float64)
 
@@ -252,7 +257,8 @@ def test_bad_sizes_are_rejected_clearly(bad):
 
 
 def test_get_rejects_unknown_names_and_layer_counts():
-  with pytest.raises(ValueError, match="allowed: rnn, lstm, gru, rwa, min_rwa, min_gru, min_lstm"):
+  allowed = "allowed: rnn, lstm, gru, rwa, rda, min_rwa, min_rda, min_gru, min_lstm"
+  with pytest.raises(ValueError, match=allowed):
     cells.get("transformer", hidden_size=4)
   for bad in [0, 1.0, True]:
     with pytest.raises(ValueError, match="num_layers must be a positive int"):

@@ -1,4 +1,4 @@
-"""The min cells (min_rwa, min_gru, min_lstm): seqjax.scan runs them over all steps at once
+"""The min cells (min_rwa, min_rda, min_gru, min_lstm): seqjax.scan runs them over all steps at once
 (jax.lax.associative_scan) or as a loop over their elementwise part; both paths against float64
 NumPy loops of the equations, the literal loop of `step`, and each other."""
 
@@ -9,12 +9,12 @@ import pytest
 
 import seqjax
 from seqjax import cells
-from helpers import (assert_directional_derivatives, assert_trees_close, loop,
-                     random_params, scan_in_pieces)
+from helpers import (assert_directional_derivatives, assert_long_run_finite_and_close_to_float64,
+                     assert_trees_close, loop, random_params, scan_in_pieces)
 import numpy_refs
 
 F, H = 3, 4
-MIN = ("min_rwa", "min_gru", "min_lstm")
+MIN = ("min_rwa", "min_rda", "min_gru", "min_lstm")
 PATHS = {"associative": True, "loop": False}
 
 
@@ -188,22 +188,8 @@ def test_min_rwa_huge_scores_and_long_sequences_stay_finite(path):
   T = 20_000
   cell, params, xs = _problem("min_rwa", path, batch=(2,), T=T, key=4)
   params = dict(params, W_a=params["W_a"] * 1e3)
-
-  def loss(p, x):
-    state, hs = seqjax.scan(cell, p, x)
-    return jnp.mean(hs[:, -100:] ** 2) + jnp.sum(state.h), (state, hs)
-
-  (value, (state, hs)), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
-      params, xs)
-  assert np.isfinite(value) and np.isfinite(hs).all()
-  assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
-  assert float(jnp.abs(grads[0]["W_u"]).max()) > 0
-  assert float(state.d.min()) >= 1.0
-  with jax.enable_x64(True):
-    p64, x64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), (params, xs))
-    _, hs64 = jax.jit(lambda p, x: seqjax.scan(cell, p, x))(p64, x64)
   # float32 rounds each score a ~ 10^3 by ~6e-5, which moves its weight e^{a - m} by that much
-  np.testing.assert_allclose(hs, hs64, rtol=0, atol=1e-3)
+  assert_long_run_finite_and_close_to_float64(cell, params, xs, atol=1e-3)
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -18,6 +18,7 @@ CELLS = {
     "lstm": lambda: cells.lstm(H),
     "gru": lambda: cells.gru(H),
     "rwa": lambda: cells.rwa(H),
+    "rda": lambda: cells.rda(H),
     "lstm+rwa": lambda: cells.stack([cells.lstm(5), cells.rwa(H)]),
 }
 # A cell written elsewhere has no fast loop: scan runs its step and differentiates with jax.grad.
@@ -41,7 +42,7 @@ def test_scan_equals_python_loop_of_step(name):
   assert_trees_close((state, hs), (ref_state, ref_hs), rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "rwa"])
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "rwa", "rda"])
 def test_scan_matches_numpy_reference(name):
   cell, params, xs = _problem(name)
   _, hs = jax.jit(lambda p, x: seqjax.scan(cell, p, x))(params, xs)
@@ -97,7 +98,7 @@ def test_scan_gradients_equal_autodiff_of_the_literal_loop(name, with_lengths, r
   _check_against_the_literal_loop(name, with_lengths, remat, F)
 
 
-@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "rwa"])
+@pytest.mark.parametrize("name", ["rnn", "lstm", "gru", "rwa", "rda"])
 @pytest.mark.slow
 def test_wide_inputs_keep_their_projection_and_match_the_literal_loop(name):
   """Inputs wider than seqjax._fused.NARROW_INPUT take the other branch of the backward pass

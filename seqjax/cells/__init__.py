@@ -1,7 +1,7 @@
 """Recurrent cells as pure functions: `cells.rwa(H)`, `cells.get("rwa", hidden_size=H)`;
-the min cells (min_rwa, min_gru, min_lstm) read x_t only in their gates and run in parallel
-over time. `cells.get` also takes a name given to `cells.register` or `MODULE:NAME` (a cell
-factory of yours)."""
+rda is the rwa with a forget gate; the min cells (min_rwa, min_rda, min_gru, min_lstm) read x_t
+only in their gates and run in parallel over time. `cells.get` also takes a name given to
+`cells.register` or `MODULE:NAME` (a cell factory of yours)."""
 
 from seqjax import _plugins
 
@@ -11,13 +11,15 @@ from seqjax.cells.gru import GRUState, gru
 from seqjax.cells.lstm import LSTMState, lstm
 from seqjax.cells.min_gru import MinGRUState, min_gru
 from seqjax.cells.min_lstm import MinLSTMState, min_lstm
+from seqjax.cells.min_rda import MinRDAState, min_rda
 from seqjax.cells.min_rwa import MinRWAState, min_rwa
+from seqjax.cells.rda import RDAState, rda
 from seqjax.cells.rnn import RNNState, rnn
 from seqjax.cells.rwa import RWAState, rwa
 from seqjax.cells.stack import stack
 
-REGISTRY = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa,
-            "min_rwa": min_rwa, "min_gru": min_gru, "min_lstm": min_lstm}
+REGISTRY = {"rnn": rnn, "lstm": lstm, "gru": gru, "rwa": rwa, "rda": rda,
+            "min_rwa": min_rwa, "min_rda": min_rda, "min_gru": min_gru, "min_lstm": min_lstm}
 NAMES = tuple(REGISTRY)  # the built-in cells
 _REGISTERED = {}  # name -> factory, from `register`
 
@@ -67,8 +69,8 @@ def autodiff_backward(cell: Cell) -> Cell:
   return cell if fast.forward_mode else cell._replace(fast_loop=None)
 
 
-__all__ = ["Cell", "FastLoop", "autodiff_backward", "factory", "get", "register", "stack", "NAMES",
-           "rnn", "lstm", "gru", "rwa", "min_rwa", "min_gru", "min_lstm",
-           "RNNState", "LSTMState", "GRUState", "RWAState", "MinRWAState", "MinGRUState",
-           "MinLSTMState"]
-__all__ += ["LoopParts", "UpdateBackward", "fused_step"]
+__all__ = ["Cell", "FastLoop", "LoopParts", "UpdateBackward", "autodiff_backward", "factory",
+           "fused_step", "get", "register", "stack", "NAMES",
+           "rnn", "lstm", "gru", "rwa", "rda", "min_rwa", "min_rda", "min_gru", "min_lstm",
+           "RNNState", "LSTMState", "GRUState", "RWAState", "RDAState", "MinRWAState",
+           "MinRDAState", "MinGRUState", "MinLSTMState"]

@@ -106,6 +106,18 @@ def identity_where_padded(active_T, elements, identity):
                for e, i in zip(elements, identity))
 
 
+def weighted_mean_outputs(state_type, m, n, d, state0, active_T):
+  """(final_state, hs_T) of a cell whose h = tanh(n / d), from the running sums m, n, d
+  [T, *batch, H] of all steps (min_rwa, min_rda): padded steps' outputs 0, length 0 state0."""
+  # d = 0 only where no step has been seen yet (then n = 0 too, and h is the initial 0)
+  hs_T = jnp.tanh(n / jnp.where(d > 0, d, 1))
+  final = state_type(h=hs_T[-1], n=n[-1], d=d[-1], m=m[-1])
+  if active_T is None:
+    return final, hs_T
+  final = select(active_T.any(axis=0), final, state0)  # length 0: state0 exactly
+  return final, zero_inactive(active_T, hs_T)
+
+
 def linear_recurrence(a_T, b_T, h0, active_T):
   """h_t = a_t h_{t-1} + b_t for every t at once; a_T, b_T: [T, *batch, H], h0: [*batch, H].
   Returns (h_T, hs_T), padded steps left out (identity a = 1, b = 0; their outputs 0)."""

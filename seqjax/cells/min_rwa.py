@@ -23,7 +23,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from seqjax._timeloop import select, zero_inactive
 from seqjax.cells import _parallel
 from seqjax.cells.base import (Cell, bias, check_dtype, matmul, positive_int,
                                state_dtype)
@@ -80,13 +79,7 @@ def min_rwa(hidden_size: int, dtype=None, parallel=None) -> Cell:
     M, N, D = jax.lax.associative_scan(_combine, elements)
     m0, n0, d0 = (v[None] for v in (_sg(state0.m), state0.n, state0.d))
     m, n, d = _combine((m0, n0, d0), (M, N, D))
-    # d = 0 only where no step has been seen yet (then n = 0 too, and h is the initial 0)
-    hs_T = jnp.tanh(n / jnp.where(d > 0, d, 1))
-    final = MinRWAState(h=hs_T[-1], n=n[-1], d=d[-1], m=m[-1])
-    if active_T is None:
-      return final, hs_T
-    final = select(active_T.any(axis=0), final, state0)  # length 0: state0 exactly
-    return final, zero_inactive(active_T, hs_T)
+    return _parallel.weighted_mean_outputs(MinRWAState, m, n, d, state0, active_T)
 
   step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)
   return Cell(init, initial_state, step, "min_rwa", H, fast_loop)
