@@ -2,7 +2,8 @@
 evaluation, stopped cleanly by Ctrl-C or SIGTERM.
 
 The launcher (`launch/main.py`) turns flags into `Settings` and calls `run`; nothing here reads
-flags. Settings and their checks are in seqjax/settings.py, the files in seqjax/workdir.py.
+flags. Settings and their checks are in seqjax/settings.py, the files in seqjax/workdir.py,
+the writers (TensorBoard's, one's own) in seqjax/writers.py.
 """
 
 import math
@@ -124,8 +125,8 @@ def _settings(s: Settings, log) -> tuple:
     writers_lib.check_tensorboard()
   if s.learning_rate is not None and recorded.get("learning_rate") not in (None, s.learning_rate):
     log(f"--learning_rate={s.learning_rate:g}: {s.workdir} was trained at "
-        f"{recorded['learning_rate']:g}; it goes on at {s.learning_rate:g} (Adam's state does "
-        "not depend on the rate)")
+        f"{recorded['learning_rate']:g}; it goes on at {s.learning_rate:g} (its optimizer "
+        "state is kept)")
   return s, task
 
 

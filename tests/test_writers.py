@@ -238,3 +238,20 @@ def test_tensorboardx_is_imported_only_by_runs_that_write_tensorboard_files():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=ROOT))
   assert out.returncode == 0, out.stderr
+
+
+def test_only_the_missing_libtpu_line_is_kept_out_of_the_terminal():
+  import logging
+
+  import launch
+
+  logger = logging.getLogger("jax._src.xla_bridge")
+  (drop,) = [f for f in logger.filters if isinstance(f, launch._NoMissingLibtpu)]
+
+  def record(message):
+    return logging.LogRecord(logger.name, logging.INFO, "xla_bridge.py", 1, message, (), None)
+
+  assert not drop.filter(record("Unable to initialize backend 'tpu': INTERNAL: Failed to open "
+                                "libtpu.so: libtpu.so: cannot open shared object file"))
+  assert drop.filter(record("Unable to initialize backend 'cuda': no CUDA devices"))
+  assert drop.filter(record("Unable to initialize backend 'tpu': TPU is in use by pid 7"))
