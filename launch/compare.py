@@ -15,6 +15,7 @@ other flags are launch.main's.
 import dataclasses
 import itertools
 import os
+import sys
 
 from absl import app, flags
 
@@ -82,7 +83,7 @@ def main(argv):
     for label, group in groups:
       run_flags.log(f"== {label}: {group.workdir}")
       try:
-        results = experiment.run(group, log=run_flags.log)
+        results = experiment.run(group, log=run_flags.log, argv=sys.argv)
       except experiment.Diverged as e:
         failed.append(f"{label}: {e}")
         results = {r.workdir: report.read_run(r.workdir)[1] for r in group.runs()}

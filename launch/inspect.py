@@ -29,6 +29,9 @@ OUTPUT = flags.DEFINE_string("output", None, "Path of the states picture (defaul
                              "in the run's folder; states_side_by_side.png in the first of "
                              "--workdirs).")
 NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 4, "Sequences to draw.")
+CHECKPOINT = flags.DEFINE_enum("checkpoint", "last", ["last", "best"],
+                               "Which state to look at: the last (checkpoint.msgpack) or the one "
+                               "at the best evaluation (checkpoint_best.msgpack).")
 TOP_UNITS = flags.DEFINE_integer("top_units", 16, "Units drawn per run (those that move most).")
 
 
@@ -44,7 +47,7 @@ def main(argv):
     check_int("num_examples", NUM_EXAMPLES.value)
     check_int("top_units", TOP_UNITS.value)
     _, written = introspect.inspect_runs(workdirs, OUTPUT.value, NUM_EXAMPLES.value,
-                                         TOP_UNITS.value)
+                                         TOP_UNITS.value, which=CHECKPOINT.value)
   except (experiment.RunError, checkpoint.CheckpointError) as e:
     sys.exit(f"error: {e}")
   print(f"wrote {', '.join(written)}")

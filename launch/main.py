@@ -7,6 +7,8 @@ Intentionally kept short: the flags are built from seqjax/settings.py (launch/fl
 loop is seqjax/experiment.py.
 """
 
+import sys
+
 from absl import app
 
 from launch import flags as run_flags
@@ -16,7 +18,8 @@ run_flags.define_settings()
 
 
 def main(argv):
-  run_flags.run_or_exit(argv, lambda: experiment.run(run_flags.settings(), log=run_flags.log))
+  run_flags.run_or_exit(argv, lambda: experiment.run(run_flags.settings(), log=run_flags.log,
+                                                     argv=sys.argv))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 evaluation, stopped cleanly by Ctrl-C or SIGTERM.
 
 The launcher (`launch/main.py`) turns flags into `Settings` and calls `run`; nothing here reads
-flags. Settings and their checks are in seqjax/settings.py, the files in seqjax/workdir.py.
+flags. Settings and their checks are in seqjax/settings.py, the files in seqjax/workdir.py,
+the writers (TensorBoard's, one's own) in seqjax/writers.py.
 """
 
 import math
@@ -10,16 +11,17 @@ import os
 import signal
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from seqjax import checkpoint, parallel, report, train
+from seqjax import writers as writers_lib
 from seqjax.report import main_metric
 from seqjax.settings import RunError, Settings, run_axis, train_config, validate
-from seqjax.workdir import Folders, load, resumed_config
+from seqjax.workdir import Folders, load, provenance, resumed_config
 
 __all__ = ["Diverged", "RunError", "Settings", "Stopped", "load", "main_metric", "run", "validate"]
 
@@ -77,53 +79,139 @@ def _spread(values):
       f"{np.mean(values):.4g} [{np.min(values):.4g}, {np.max(values):.4g}]"
 
 
-def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 10.0) -> dict:
+def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 10.0,
+        writers: Sequence[Callable] = (), argv: Optional[Sequence[str]] = None) -> dict:
   """Trains (or resumes) the run, or the group of runs, that `s` describes.
 
   Returns {run workdir: its metrics rows}. A single run whose loss turns non-finite stops with
   a RunError; in a group that run is frozen (its last good checkpoint kept, `diverged_at_step`
   in its metrics), the others go on, and a RunError naming it comes at the end.
+
+  writers: factories `make(run_folder)` of objects with `write(step, scalars)` and `close()`
+  (seqjax/writers.py), fed every run's metrics.jsonl rows on process 0; `s.tensorboard` adds
+  TensorBoard's. argv: the command line config.json records (default sys.argv).
   """
+  s, task = _settings(s, log)
+  lead = jax.process_index() == 0
+  folders = Folders(s, lead=lead, metric=main_metric(task))
+  loop = _Loop(s, task, folders, log, provenance(argv))
+  makes = ([writers_lib.tensorboard] if s.tensorboard else []) + list(writers)
+  with writers_lib.Writers(makes if lead else [], [r.workdir for r in folders.runs],
+                           loop.rows) as out, _StopOnSignal() as stop:
+    loop.out, signum = out, 0
+    while loop.step < s.num_steps and loop.live() and not (signum := stop.agreed()):
+      loop.train()
+      if loop.step % s.eval_every == 0 or loop.step == s.num_steps:
+        loop.evaluate_and_save()
+      elif _clock() - loop.t_print > progress_secs:
+        loop.log_progress()
+    if signum and loop.step < s.num_steps:
+      loop.stop(signum)
+    return loop.finish()
+
+
+# The loop's clock (a test replaces it to see what each interval is timed over).
+_clock = time.time
+
+
+def _settings(s: Settings, log) -> tuple:
+  """(settings with every default filled, task): the resumed run's learning rate and schedule
+  horizon where none is given; all checked."""
   s = s.resolved()
   recorded = resumed_config(s)
-  s = s.with_learning_rate(recorded)
+  s = s.with_learning_rate(recorded).with_decay_steps(recorded)
   task = validate(s)
+  if s.tensorboard:
+    writers_lib.check_tensorboard()
   if s.learning_rate is not None and recorded.get("learning_rate") not in (None, s.learning_rate):
     log(f"--learning_rate={s.learning_rate:g}: {s.workdir} was trained at "
-        f"{recorded['learning_rate']:g}; it goes on at {s.learning_rate:g} (Adam's state does "
-        "not depend on the rate)")
-  folders = Folders(s, lead=jax.process_index() == 0)
-  runs, names, R = folders.runs, folders.names(), len(folders.runs)
-  axis = run_axis(s)
-  mesh = parallel.make_mesh(s.num_devices, axis)
-  tcfg = train_config(s, task, mesh if axis == parallel.AXIS else None)
-  placed = NamedSharding(mesh, P(parallel.RUNS)) if axis == parallel.RUNS else \
-      parallel.replicated(mesh)
-  fresh = train.GroupState(_stacked([train.init_state(tcfg, train.param_key(r.seed))
-                                     for r in runs]), np.ones(R, bool))
-  state, rows, diverged = folders.restore(fresh)
-  step = int(np.max(state.runs.step))
-  if step:
-    log(f"resuming {s.workdir} from step {step}")
-  folders.start(rows, num_devices=mesh.size, num_processes=jax.process_count(),
-                jax_version=jax.__version__, backend=jax.default_backend())
-  state = parallel.put(state, placed)
-  seeds = parallel.put(np.array([r.seed for r in runs], np.int32), placed)
-  size, shared = task.held_out_size or s.eval_size, task.held_out_size is not None
-  held_out = parallel.put(
-      task.held_out(train.eval_key(runs[0].seed), size) if shared else
-      _stacked([task.held_out(train.eval_key(r.seed), size) for r in runs]),
-      parallel.replicated(mesh) if shared else placed)
-  one_at_a_time = train.runs_one_at_a_time(axis == parallel.RUNS)
-  train_step = train.make_group_step(tcfg, R, placed, parallel.replicated(mesh), one_at_a_time)
-  evaluate = train.make_group_evaluate(tcfg, R, shared, parallel.replicated(mesh), one_at_a_time)
-  metric, live = main_metric(task), lambda: [i for i in range(R) if i not in diverged]
-  wall_offset = [(report.evaluations(r) or [{"wall_time": 0.0}])[-1]["wall_time"] for r in rows]
-  t_start = t_interval = t_print = time.time()
-  losses, interval_steps, pending, signum = [[] for _ in runs], 0, None, 0
-  frozen = len(diverged)  # runs the device knows are frozen
+        f"{recorded['learning_rate']:g}; it goes on at {s.learning_rate:g} (its optimizer "
+        "state is kept)")
+  return s, task
 
-  def diverge(i, at_step, what):
+
+class _Loop:
+  """The moving parts of `run`'s loop, each step of it a method: `train` one step (its metrics
+  read one step late, so the device never waits for the host), `evaluate_and_save`,
+  `log_progress`, `stop` on a signal, `finish`. The train step and the evaluation are compiled
+  and run once before the clock of the first interval starts, so no examples_per_sec includes
+  compilation."""
+
+  def __init__(self, s: Settings, task, folders: Folders, log, extra: dict):
+    self.s, self.task, self.folders, self.log = s, task, folders, log
+    runs, self.names, self.R = folders.runs, folders.names(), len(folders.runs)
+    axis = run_axis(s)
+    mesh = parallel.make_mesh(s.num_devices, axis)
+    self.tcfg = tcfg = train_config(s, task, mesh if axis == parallel.AXIS else None)
+    self.placed = placed = NamedSharding(mesh, P(parallel.RUNS)) if axis == parallel.RUNS else \
+        parallel.replicated(mesh)
+    fresh = train.GroupState(_stacked([train.init_state(tcfg, train.param_key(r.seed))
+                                       for r in runs]), np.ones(R := self.R, bool))
+    state, self.rows, self.diverged = folders.restore(fresh)
+    self.step = int(np.max(state.runs.step))
+    if self.step:
+      log(f"resuming {s.workdir} from step {self.step}")
+    folders.start(self.rows, num_devices=mesh.size, num_processes=jax.process_count(),
+                  backend=jax.default_backend(), **extra)
+    self.state = parallel.put(state, placed)
+    self.seeds = parallel.put(np.array([r.seed for r in runs], np.int32), placed)
+    size, shared = task.held_out_size or s.eval_size, task.held_out_size is not None
+    self.held_out = parallel.put(
+        task.held_out(train.eval_key(runs[0].seed), size) if shared else
+        _stacked([task.held_out(train.eval_key(r.seed), size) for r in runs]),
+        parallel.replicated(mesh) if shared else placed)
+    log(f"{task.name} T={task.seq_len} | {tcfg.cell.name} H={s.hidden_size} x{s.num_layers} | "
+        f"batch {s.batch_size} | {R} run(s) | {mesh.size} {jax.default_backend()} device(s), "
+        f"{jax.process_count()} process(es) | {axis} axis | workdir {s.workdir}")
+    self.wall_offset = [(report.evaluations(r) or [{"wall_time": 0.0}])[-1]["wall_time"]
+                        for r in self.rows]
+    self.t_start = _clock()  # wall_time counts compilation; examples_per_sec does not
+    if self.step < s.num_steps:
+      one_at_a_time = train.runs_one_at_a_time(axis == parallel.RUNS)
+      self.train_step = train.make_group_step(tcfg, R, placed, parallel.replicated(mesh),
+                                              one_at_a_time).lower(self.state, self.seeds).compile()
+      self.evaluate = train.make_group_evaluate(
+          tcfg, R, shared, parallel.replicated(mesh), one_at_a_time).lower(
+              self.state.runs.params, self.held_out).compile()
+      # XLA:CPU generates part of a program's code at its first execution: run each program
+      # once before the clock starts, the step on a copy of the state (it donates its input),
+      # and drop the results
+      copy = parallel.put(jax.tree.map(np.array, state), placed)  # new buffers: donated
+      jax.block_until_ready(self.train_step(copy, self.seeds))
+      jax.block_until_ready(self.evaluate(self.state.runs.params, self.held_out))
+    self.t_interval = self.t_print = _clock()
+    self.losses, self.interval_steps, self.pending = [[] for _ in runs], 0, None
+    self.frozen = len(self.diverged)  # runs the device knows are frozen
+    self.metric, self.out = main_metric(task), None
+
+  def live(self):
+    return [i for i in range(self.R) if i not in self.diverged]
+
+  def train(self):
+    self.state, metrics = self.train_step(self.state, self.seeds)
+    self.step += 1
+    self.interval_steps += 1
+    if self.pending is not None:
+      self._take_losses(self.pending, self.step - 1)  # the device is already on the next step
+    self.pending = metrics
+
+  def _take_pending(self):
+    if self.pending is not None:
+      self._take_losses(self.pending, self.step)
+      self.pending = None
+
+  def _take_losses(self, metrics, at_step):
+    loss, finite = np.asarray(metrics["loss"]), np.asarray(metrics["finite"])
+    for i in self.live():
+      if not math.isfinite(loss[i]):
+        self._diverge(i, at_step, f"loss is {loss[i]}")
+      elif not finite[i]:
+        self._diverge(i, at_step, "the update is not finite")
+      else:
+        self.losses[i].append(loss[i])
+
+  def _diverge(self, i, at_step, what):
+    s = self.s
     if not s.is_group:
       if not os.path.exists(checkpoint.path_in(s.workdir)):
         raise RunError(f"training diverged: {what} at step {at_step}; no checkpoint yet (one "
@@ -132,85 +220,84 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
       raise RunError(f"training diverged: {what} at step {at_step}; the last good checkpoint "
                      f"(in {s.workdir}) is kept; the same command with a lower --learning_rate "
                      "resumes from it")
-    diverged[i] = at_step
-    rows[i].append({"step": at_step, "diverged_at_step": at_step})
-    log(f"{names[i]} diverged: {what} at step {at_step}; frozen at its last good checkpoint")
+    self.diverged[i] = at_step
+    self.rows[i].append({"step": at_step, "diverged_at_step": at_step})
+    self.log(f"{self.names[i]} diverged: {what} at step {at_step}; frozen at its last good "
+             "checkpoint")
 
-  def take_losses(metrics, at_step):
-    loss, finite = np.asarray(metrics["loss"]), np.asarray(metrics["finite"])
-    for i in live():
-      if not math.isfinite(loss[i]):
-        diverge(i, at_step, f"loss is {loss[i]}")
-      elif not finite[i]:
-        diverge(i, at_step, "the update is not finite")
-      else:
-        losses[i].append(loss[i])
+  def evaluate_and_save(self):
+    self._take_pending()
+    now = self._evaluate()
+    self._save()
+    self.t_interval, self.losses, self.interval_steps = now, [[] for _ in self.losses], 0
+    done = [self.rows[i][-1] for i in self.live()]
+    if done:
+      metric = self.metric
+      self.log(f"step {self.step}/{self.s.num_steps}  train_loss "
+               f"{_spread([r['train_loss'] for r in done])}  eval_loss "
+               f"{_spread([r['eval_loss'] for r in done])}  eval_{metric} "
+               f"{_spread([r.get('eval_' + metric, math.nan) for r in done])}  "
+               f"{sum(r['examples_per_sec'] for r in done):.0f} ex/s")
+    self.t_print = _clock()
 
-  def evaluate_and_save():
-    nonlocal t_interval, losses, interval_steps, state, frozen
-    values = {k: np.asarray(v) for k, v in parallel.fetch(evaluate(state.runs.params,
-                                                                    held_out)).items()}
-    now = time.time()
-    for i in live():
+  def _evaluate(self) -> float:
+    """Appends each live run's evaluation row (or marks it diverged); returns the time it
+    ended, which closes the interval."""
+    s, step = self.s, self.step
+    values = {k: np.asarray(v) for k, v in parallel.fetch(
+        self.evaluate(self.state.runs.params, self.held_out)).items()}
+    now = _clock()
+    for i in self.live():
       if not math.isfinite(values["loss"][i]):
-        diverge(i, step, f"evaluation loss is {values['loss'][i]}")
+        self._diverge(i, step, f"evaluation loss is {values['loss'][i]}")
         continue
-      row = {"step": step, "train_loss": float(np.mean(losses[i])) if losses[i] else math.nan,
+      losses = self.losses[i]
+      row = {"step": step, "train_loss": float(np.mean(losses)) if losses else math.nan,
              "eval_loss": float(values["loss"][i])}
       row.update({f"eval_{k}": float(v[i]) for k, v in values.items() if k != "loss"})
       if s.feedback == "scheduled":
-        row["teacher_forcing"] = float(train.teacher_forcing(tcfg, step))
-      row["examples_per_sec"] = interval_steps * s.batch_size / max(now - t_interval, 1e-9)
-      row["wall_time"] = wall_offset[i] + now - t_start
-      rows[i].append(row)
-    if len(diverged) > frozen:  # diverged on the host (its evaluation): freeze it on the device
-      state = state._replace(alive=parallel.put(np.array([i not in diverged for i in range(R)]),
-                                                placed))
-      frozen = len(diverged)
-    folders.save(parallel.fetch(state), rows, diverged)
-    t_interval, losses, interval_steps = now, [[] for _ in runs], 0
-    return [rows[i][-1] for i in live()]
+        row["teacher_forcing"] = float(train.teacher_forcing(self.tcfg, step))
+      row["examples_per_sec"] = self.interval_steps * s.batch_size / max(now - self.t_interval,
+                                                                         1e-9)
+      row["wall_time"] = self.wall_offset[i] + now - self.t_start
+      self.rows[i].append(row)
+    return now
 
-  log(f"{task.name} T={task.seq_len} | {tcfg.cell.name} H={s.hidden_size} x{s.num_layers} | "
-      f"batch {s.batch_size} | {R} run(s) | {mesh.size} {jax.default_backend()} device(s), "
-      f"{jax.process_count()} process(es) | {axis} axis | workdir {s.workdir}")
-  with _StopOnSignal() as stop:
-    while step < s.num_steps and live() and not (signum := stop.agreed()):
-      state, metrics = train_step(state, seeds)
-      step += 1
-      interval_steps += 1
-      if pending is not None:
-        take_losses(pending, step - 1)  # one step late: the device is already on the next step
-      pending = metrics
-      if step % s.eval_every == 0 or step == s.num_steps:
-        take_losses(pending, step)
-        pending = None
-        done = evaluate_and_save()
-        if done:
-          log(f"step {step}/{s.num_steps}  train_loss {_spread([r['train_loss'] for r in done])}"
-              f"  eval_loss {_spread([r['eval_loss'] for r in done])}  eval_{metric} "
-              f"{_spread([r.get('eval_' + metric, math.nan) for r in done])}  "
-              f"{sum(r['examples_per_sec'] for r in done):.0f} ex/s")
-        t_print = time.time()
-      elif time.time() - t_print > progress_secs:
-        rate = interval_steps / max(time.time() - t_interval, 1e-9)
-        eta = (s.num_steps - step) / max(rate, 1e-9)
-        latest = [losses[i][-1] for i in live() if losses[i]]
-        log(f"step {step}/{s.num_steps}  " + (f"loss {_spread(latest)}  " if latest else "")
-            + f"{rate:.1f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
-        t_print = time.time()
-    if signum and step < s.num_steps:
-      if pending is not None:
-        take_losses(pending, step)
-      folders.save(parallel.fetch(state), rows, diverged)
-      log(f"interrupted at step {step}: checkpoint saved in {s.workdir}; run the same command "
-          "to resume")
-      raise Stopped(signum)
-  target = report.threshold(task.name, task.seq_len)
-  folders.finish(rows, f"{tcfg.cell.name} on {task.name} (T={task.seq_len})", metric,
-                 threshold=target[2] if target[0] == metric else None)
-  if diverged:
-    raise Diverged(f"{len(diverged)} of {R} runs diverged ("
-                   + ", ".join(f"{names[i]} at step {k}" for i, k in sorted(diverged.items()))
-                   + f"); the others finished; results in {s.workdir}")
-  return {r.workdir: rows[i] for i, r in enumerate(runs)}
+  def _save(self):
+    """Checkpoints (the last and any new best), metrics.jsonl, then the writers get the new rows.
+    A run that diverged on the host (its evaluation) is first frozen on the device."""
+    if len(self.diverged) > self.frozen:
+      alive = np.array([i not in self.diverged for i in range(self.R)])
+      self.state = self.state._replace(alive=parallel.put(alive, self.placed))
+      self.frozen = len(self.diverged)
+    self.folders.save(parallel.fetch(self.state), self.rows, self.diverged)
+    self.out.send(self.rows)
+
+  def log_progress(self):
+    now = _clock()
+    rate = self.interval_steps / max(now - self.t_interval, 1e-9)
+    eta = (self.s.num_steps - self.step) / max(rate, 1e-9)
+    latest = [self.losses[i][-1] for i in self.live() if self.losses[i]]
+    self.log(f"step {self.step}/{self.s.num_steps}  "
+             + (f"loss {_spread(latest)}  " if latest else "")
+             + f"{rate:.1f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+    self.t_print = _clock()
+
+  def stop(self, signum):
+    self._take_pending()
+    self._save()
+    self.log(f"interrupted at step {self.step}: checkpoint saved in {self.s.workdir}; run the "
+             "same command to resume")
+    raise Stopped(signum)
+
+  def finish(self) -> dict:
+    task, s = self.task, self.s
+    target = report.threshold(task.name, task.seq_len)
+    self.folders.finish(self.rows, f"{self.tcfg.cell.name} on {task.name} (T={task.seq_len})",
+                        self.metric, threshold=target[2] if target[0] == self.metric else None)
+    if self.diverged:
+      raise Diverged(f"{len(self.diverged)} of {self.R} runs diverged ("
+                     + ", ".join(f"{self.names[i]} at step {k}"
+                                 for i, k in sorted(self.diverged.items()))
+                     + f"); the others finished; results in {s.workdir}")
+    return {r.workdir: self.rows[i] for i, r in enumerate(self.folders.runs)}

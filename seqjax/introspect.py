@@ -170,11 +170,12 @@ def task_pictures(workdir, cfg, tcfg, params, held, few):
 
 
 
-def inspect_runs(workdirs, output=None, num_examples=4, top_units=16):
+def inspect_runs(workdirs, output=None, num_examples=4, top_units=16, which="last"):
   """Draws the pictures of the runs in `workdirs`; returns ({workdir: describe(...)}, paths
   written). The held-out sequences are the first run's, so all runs are drawn on the same ones.
-  Raises RunError (or CheckpointError) with one line for an unusable workdir."""
-  loaded = [(w, *experiment.load(w)) for w in workdirs]
+  Raises RunError (or CheckpointError) with one line for an unusable workdir. which: "last"
+  (checkpoint.msgpack) or "best" (checkpoint_best.msgpack)."""
+  loaded = [(w, *experiment.load(w, which)) for w in workdirs]
   first_cfg, first_tcfg = loaded[0][1], loaded[0][2]
   task = first_tcfg.task
   for w, cfg, tcfg, _ in loaded[1:]:

@@ -30,6 +30,11 @@ TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
 # The recorded settings that shape a run's data (the sequences it is trained and evaluated on).
 DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split", "num_segments",
                  "data_rules")
+# Settings that mean something only for some values of another: name -> (that setting, values).
+ONLY_WITH = {"weight_decay": ("optimizer", ("adamw", "lion")),
+             "momentum": ("optimizer", ("sgd", "rmsprop")),
+             "warmup_steps": ("lr_schedule", ("warmup_cosine",)),
+             "decay_steps": ("lr_schedule", tuple(k for k in train.SCHEDULES if k != "constant"))}
 
 
 def _field(default, help, kind, choices=None, tasks=None):
@@ -60,11 +65,25 @@ class Settings:
   batch_size: Optional[int] = _field(None, "Batch size (default: the task's, 100).", int)
   num_steps: Optional[int] = _field(None, "Training steps (default: the paper's run length for "
                                     "the task).", int)
-  learning_rate: Optional[float] = _field(None, "Adam learning rate (default: the task's, 1e-3).",
-                                          float)
+  learning_rate: Optional[float] = _field(None, "Learning rate, the peak of --lr_schedule "
+                                          "(default: the task's, 1e-3).", float)
   learning_rates: Optional[tuple] = _field(None, "Several learning rates (distinct, > 0), trained "
                                            "at once with every seed: one program.", "floats")
   clip_norm: float = _field(0.0, "Global-norm gradient clipping; 0 = off.", float)
+  optimizer: str = _field("adam", "optax optimizer (adam: the paper's).", str, train.OPTIMIZERS)
+  weight_decay: float = _field(0.0, "Decoupled weight decay, --optimizer=adamw or lion.", float)
+  momentum: float = _field(0.0, "Momentum in [0, 1), --optimizer=sgd or rmsprop; 0 = none.",
+                           float)
+  lr_schedule: str = _field("constant", "Learning-rate schedule: constant, cosine (to 0), "
+                            "warmup_cosine (linear from 0 over --warmup_steps, then cosine to "
+                            "0), linear (to 0).", str, train.SCHEDULES)
+  warmup_steps: int = _field(0, "--lr_schedule=warmup_cosine: steps of linear warmup.", int)
+  decay_steps: Optional[int] = _field(None, "Horizon of --lr_schedule, warmup included (default: "
+                                      "--num_steps at the first launch; recorded, and kept when "
+                                      "the run is resumed; past it the rate stays at the end "
+                                      "value).", int)
+  tensorboard: bool = _field(False, "Also write TensorBoard event files in <run folder>/"
+                             "tensorboard/.", bool)
   seed: Optional[int] = _field(None, "Seed for params, data stream and eval set (default 0).", int)
   seeds: Optional[tuple] = _field(None, "Several seeds (distinct, >= 0), trained at once: one "
                                   "program.", "ints")
@@ -123,6 +142,15 @@ class Settings:
     return dataclasses.replace(self, learning_rate=rate if rate is not None else
                                task_default(self.task, "learning_rate"))
 
+  def with_decay_steps(self, recorded: Optional[dict] = None) -> "Settings":
+    """The schedule's horizon filled where --decay_steps was not given and a schedule needs one:
+    the `recorded` one (a resumed run keeps its horizon), else --num_steps of this launch."""
+    if self.decay_steps is not None or not self.applies("decay_steps"):
+      return self
+    recorded = recorded or {}
+    return dataclasses.replace(self, decay_steps=recorded.get("decay_steps",
+                                                              max(self.num_steps or 0, 1)))
+
   def runs(self) -> list:
     """Settings of each run: the cross product of learning rates and seeds, each in its own
     subfolder (`s<seed>`, or `lr<r>-s<seed>` when learning rates are listed); a single run is
@@ -139,6 +167,8 @@ class Settings:
   def applies(self, name: str) -> bool:
     """Whether setting `name` means something for this task (only those are recorded)."""
     if name == "teacher_forcing_decay_steps" and self.feedback != "scheduled":
+      return False
+    if name in ONLY_WITH and getattr(self, ONLY_WITH[name][0]) not in ONLY_WITH[name][1]:
       return False
     if name in ("seeds", "learning_rates", "seed", "learning_rate") and getattr(self, name) is None:
       return False
@@ -217,6 +247,10 @@ def check_int(flag, value, minimum=1, shown=None):
   return value
 
 
+def _is_number(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _positive(v):
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
@@ -270,6 +304,7 @@ def validate(s: Settings) -> tasks.Task:
   check(s.teacher_forcing_decay_steps == FIELDS["teacher_forcing_decay_steps"].default
         or s.applies("teacher_forcing_decay_steps"), "teacher_forcing_decay_steps",
         s.teacher_forcing_decay_steps, "applies only with --feedback=scheduled")
+  _validate_recipe(s)
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
@@ -364,6 +399,26 @@ def _check_user_task(s: Settings, task: tasks.Task) -> None:
                      f"shape [batch]; got {got}")
 
 
+def _validate_recipe(s: Settings) -> None:
+  """The optimizer and learning-rate schedule settings (decay_steps None: still to be filled,
+  see `with_decay_steps`)."""
+  for name, (on, values) in ONLY_WITH.items():
+    check(s.applies(name) or getattr(s, name) == FIELDS[name].default, name, getattr(s, name),
+          f"applies only to --{on}={', '.join(values)}")
+  check(_is_number(s.weight_decay) and s.weight_decay >= 0, "weight_decay", s.weight_decay,
+        "must be a number >= 0")
+  check(_is_number(s.momentum) and 0 <= s.momentum < 1, "momentum", s.momentum,
+        "must be a number in [0, 1)")
+  check_int("warmup_steps", s.warmup_steps, 0)
+  if s.decay_steps is not None:
+    check_int("decay_steps", s.decay_steps)
+  if s.lr_schedule == "warmup_cosine":
+    decay = s.decay_steps if s.decay_steps is not None else max(s.num_steps, 1)
+    check(1 <= s.warmup_steps < decay, "warmup_steps", s.warmup_steps,
+          f"--lr_schedule=warmup_cosine needs an integer in [1, {decay}) (below --decay_steps="
+          f"{decay}, which includes the warmup)")
+
+
 def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
   """What the step functions close over (mesh: the `data` mesh splitting each batch, if any).
   A group has no one learning rate: each run's own goes into its optimizer state."""
@@ -374,7 +429,11 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
   # (`with_learning_rate`).
   rate = s.learning_rate if s.learning_rate is not None else s.learning_rates[0]
   return train.Config(cell=cell, task=task, mesh=mesh, readout=s.readout,
-                      optimizer=train.make_optimizer(rate, s.clip_norm or None),
+                      optimizer=train.make_optimizer(
+                          rate, s.clip_norm or None, optimizer=s.optimizer,
+                          weight_decay=s.weight_decay, momentum=s.momentum,
+                          lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps,
+                          decay_steps=s.decay_steps),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
                       prefix_len=s.prefix_len, feedback=s.feedback,
                       teacher_forcing_decay_steps=s.teacher_forcing_decay_steps)

@@ -50,17 +50,57 @@ def teacher_forcing(cfg: Config, step):
   return jnp.clip(1.0 - step / cfg.teacher_forcing_decay_steps, 0.0, 1.0)
 
 
-def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None):
-  """Adam (the paper's setting), optionally after global-norm gradient clipping.
+# optax's optimizers, each (rate, weight_decay, momentum) -> GradientTransformation; rate: a
+# number or a schedule (a function of the update count).
+_OPTIMIZERS = {
+    "adam": lambda rate, weight_decay, momentum: optax.adam(rate),
+    "adamw": lambda rate, weight_decay, momentum: optax.adamw(rate, weight_decay=weight_decay),
+    "sgd": lambda rate, weight_decay, momentum: optax.sgd(rate, momentum=momentum or None),
+    "rmsprop": lambda rate, weight_decay, momentum: optax.rmsprop(rate, momentum=momentum or None),
+    "lion": lambda rate, weight_decay, momentum: optax.lion(rate, weight_decay=weight_decay),
+}
+OPTIMIZERS = tuple(_OPTIMIZERS)
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "linear")
+
+
+def lr_multiplier(lr_schedule: str = "constant", warmup_steps: int = 0,
+                  decay_steps: Optional[int] = None) -> Optional[optax.Schedule]:
+  """The schedule as a multiplier of the run's own learning rate (1 at its peak, 0 at its end),
+  a function of the update count; None for "constant". Past `decay_steps` (warmup included) it
+  stays at its end value."""
+  if lr_schedule == "constant":
+    return None
+  if lr_schedule not in SCHEDULES or not decay_steps or decay_steps < 1:
+    raise ValueError(f"lr_schedule {lr_schedule!r} needs decay_steps >= 1 (got {decay_steps})")
+  if lr_schedule == "cosine":
+    return optax.cosine_decay_schedule(1.0, decay_steps)
+  if lr_schedule == "linear":
+    return optax.linear_schedule(1.0, 0.0, decay_steps)
+  return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps, decay_steps)
+
+
+def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None,
+                   optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
+                   lr_schedule: str = "constant", warmup_steps: int = 0,
+                   decay_steps: Optional[int] = None):
+  """An optax optimizer (adam: the paper's setting), optionally after global-norm gradient
+  clipping, its rate `learning_rate` times the schedule (`lr_multiplier`).
 
   The learning rate is data in the optimizer state (optax.inject_hyperparams), so runs with
-  different rates share one program; `set_learning_rate` changes it.
+  different rates share one program; `set_learning_rate` changes it. The schedule multiplies it
+  inside the update, so it scales every run's own rate. (constant: the rate alone, no schedule
+  state; adam then is exactly the optimizer of the runs made before schedules existed.)
   """
-  def adam(learning_rate):
-    adam = optax.adam(learning_rate)
-    return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm else adam
+  multiplier = lr_multiplier(lr_schedule, warmup_steps, decay_steps)
+  make = _OPTIMIZERS[optimizer]
 
-  return optax.inject_hyperparams(adam)(learning_rate=learning_rate)
+  def build(learning_rate):
+    rate = learning_rate if multiplier is None else \
+        (lambda count: learning_rate * multiplier(count))
+    opt = make(rate, weight_decay, momentum)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt
+
+  return optax.inject_hyperparams(build)(learning_rate=learning_rate)
 
 
 def set_learning_rate(state: TrainState, learning_rate) -> TrainState:

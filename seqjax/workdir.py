@@ -1,4 +1,5 @@
-"""The files of a run: config.json, metrics.jsonl, checkpoint.msgpack, curves.png.
+"""The files of a run: config.json, metrics.jsonl, checkpoint.msgpack (the last state),
+checkpoint_best.msgpack and best.json (the state at the best evaluation so far), curves.png.
 
 A group of runs (many runs in one program) keeps each run in its own subfolder, written exactly as
 a single run writes its folder, and adds to the group folder: group.json (the group's settings),
@@ -7,22 +8,29 @@ results.md.
 """
 
 import dataclasses
+import functools
 import json
+import math
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 from flax import serialization
 
+import seqjax
 from seqjax import checkpoint, plots, report, train
 from seqjax.report import read_json, read_jsonl, write_jsonl
 from seqjax.settings import RunError, Settings, train_config, validate
 
 GROUP_CONFIG, GROUP_CHECKPOINT = "group.json", "group_checkpoint.msgpack"
+BEST_CHECKPOINT, BEST = "checkpoint_best.msgpack", "best.json"
 # Settings a resumed run may change; any other difference means a different experiment.
 # (learning_rate: Adam's state does not depend on it, so a diverged run can go on more gently.)
 RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning_rate",
-                     "num_devices", "unroll", "remat")  # unroll, remat: speed and memory only
+                     "num_devices", "unroll", "remat",  # unroll, remat: speed and memory only
+                     "tensorboard")
 
 
 def _check_same_experiment(path: str, s: Settings) -> None:
@@ -62,16 +70,50 @@ def _settings_from(saved: dict) -> Settings:
                      for k, v in saved.items() if k in fields})
 
 
-def load(workdir: str):
-  """(Settings, train.Config, params) of the run checkpointed in `workdir`."""
-  config_path, ckpt_path = os.path.join(workdir, "config.json"), checkpoint.path_in(workdir)
+@functools.lru_cache(maxsize=1)
+def git_commit():
+  """The commit of the seqjax checkout this code was imported from; None where it is not one
+  (an installed package, even inside some other repository) or git is missing."""
+  package = os.path.dirname(os.path.abspath(seqjax.__file__))
+  try:
+    out = subprocess.run(["git", "-C", package, "rev-parse", "--show-toplevel", "HEAD"],
+                         capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  lines = out.stdout.split()
+  if out.returncode != 0 or len(lines) != 2 or \
+      os.path.realpath(lines[0]) != os.path.realpath(os.path.dirname(package)):
+    return None
+  return lines[1]
+
+
+def provenance(argv=None) -> dict:
+  """What config.json records besides the settings: versions, commit and command line (argv:
+  the launcher's; default sys.argv). Not settings: a resumed run updates them."""
+  return {"seqjax_version": seqjax.__version__, "jax_version": jax.__version__,
+          "git_commit": git_commit(), "argv": list(sys.argv if argv is None else argv)}
+
+
+CHECKPOINTS = ("last", "best")
+
+
+def load(workdir: str, which: str = "last"):
+  """(Settings, train.Config, params) of the run checkpointed in `workdir`: its last state, or
+  with which="best" its state at the best evaluation (checkpoint_best.msgpack)."""
+  if which not in CHECKPOINTS:
+    raise RunError(f"--checkpoint={which}: allowed: {', '.join(CHECKPOINTS)}")
+  config_path = os.path.join(workdir, "config.json")
+  ckpt_path = checkpoint.path_in(workdir) if which == "last" else \
+      os.path.join(workdir, BEST_CHECKPOINT)
   for path in (config_path, ckpt_path):
     if not os.path.exists(path):
-      raise RunError(f"--workdir={workdir}: no {os.path.basename(path)} (not a trained run)")
+      why = "no evaluation of this run was saved as its best" if path.endswith(BEST_CHECKPOINT) \
+          and os.path.exists(checkpoint.path_in(workdir)) else "not a trained run"
+      raise RunError(f"--workdir={workdir}: no {os.path.basename(path)} ({why})")
   try:
     # inference needs no mesh: one device, whatever it trained on and whatever is here
     s = dataclasses.replace(_settings_from(read_json(config_path)),
-                            num_devices=1).resolved().with_learning_rate()
+                            num_devices=1).resolved().with_learning_rate().with_decay_steps()
   except TypeError as e:
     raise RunError(f"{config_path} is unreadable ({e})") from None
   tcfg = train_config(s, validate(s))
@@ -83,12 +125,22 @@ def _run_slice(tree, i):
   return jax.tree.map(lambda x: x[i], tree)
 
 
+def _improves(metric: str, value, best) -> bool:
+  """Whether `value` of eval metric `metric` beats `best` (None: nothing yet): higher accuracy,
+  lower anything else (loss, mse, bits per step)."""
+  if not isinstance(value, (int, float)) or not math.isfinite(value):
+    return False
+  return best is None or (value > best if "accuracy" in metric else value < best)
+
+
 class Folders:
   """Where a run, or each run of a group, reads and writes its files. Every check happens in
   the constructor, before anything is written; only the lead process writes."""
 
-  def __init__(self, s: Settings, lead: bool = True):
+  def __init__(self, s: Settings, lead: bool = True, metric: str = None):
+    """metric: the eval metric that picks each run's best checkpoint (None: none kept)."""
     self.settings, self.lead, self.runs = s, lead, s.runs()
+    self.metric, self.best = (None if metric is None else f"eval_{metric}"), [None] * len(self.runs)
     folders = [s.workdir] + ([r.workdir for r in self.runs] if s.is_group else [])
     for path in folders:
       if os.path.exists(path) and not os.path.isdir(path):
@@ -137,9 +189,19 @@ class Folders:
     diverged = {i: r["diverged_at_step"] for i, run_rows in enumerate(rows) for r in run_rows
                 if "diverged_at_step" in r}
     alive = np.asarray(state.alive) & ~np.isin(np.arange(len(self.runs)), list(diverged))
+    if step:  # the best so far is kept; a fresh run starts its own
+      self.best = [self._recorded_best(run.workdir) for run in self.runs]
     rates = np.asarray([r.learning_rate for r in self.runs], np.float32)
     runs = train.set_learning_rate(state.runs, rates)
     return train.GroupState(runs, alive), rows, diverged
+
+  def _recorded_best(self, folder: str):
+    path = os.path.join(folder, BEST)
+    if self.metric is None or not os.path.exists(path) or \
+        not os.path.exists(os.path.join(folder, BEST_CHECKPOINT)):
+      return None
+    best = read_json(path)
+    return best["value"] if best.get("metric") == self.metric else None
 
   def start(self, rows, **extra) -> None:
     """config.json of each run (and group.json), metrics cut back to the checkpoint's step."""
@@ -164,7 +226,22 @@ class Folders:
     for i, run in enumerate(self.runs):
       write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), rows[i])
       if i not in diverged:
-        checkpoint.save(checkpoint.path_in(run.workdir), _run_slice(state.runs, i))
+        one = _run_slice(state.runs, i)
+        self._save_best(run.workdir, i, one, rows[i])
+        checkpoint.save(checkpoint.path_in(run.workdir), one)
+
+  def _save_best(self, folder: str, i: int, state: train.TrainState, rows) -> None:
+    """checkpoint_best.msgpack and best.json when the evaluation at the state's step beats the
+    best so far (before the run's checkpoint: a kill in between leaves a best the resumed run
+    recomputes exactly, never a lost one)."""
+    row = rows[-1] if rows else {}
+    if self.metric is None or row.get("step") != int(state.step) or \
+        not _improves(self.metric, row.get(self.metric), self.best[i]):
+      return
+    checkpoint.save(os.path.join(folder, BEST_CHECKPOINT), state)
+    self.best[i] = row[self.metric]
+    checkpoint.write_atomic(os.path.join(folder, BEST), json.dumps(
+        {"step": row["step"], "metric": self.metric, "value": row[self.metric]}, indent=2) + "\n")
 
   def finish(self, rows, title: str, metric: str, threshold=None) -> None:
     """Each run's curves.png; a group's curves.png (mean and min-max band over seeds, a colour

@@ -281,9 +281,9 @@ def test_a_run_diverged_at_evaluation_is_frozen_on_the_device_too(tmp_path, monk
   real = train.make_group_evaluate
 
   def run_1_eval_is_nan(*args, **kwargs):
-    evaluate = real(*args, **kwargs)
-    return lambda params, held_out: dict(evaluate(params, held_out), loss=evaluate(
-        params, held_out)["loss"].at[1].set(np.nan))
+    evaluate = real(*args, **kwargs)  # jitted: the runner compiles it ahead
+    return jax.jit(lambda params, held_out: dict(evaluate(params, held_out), loss=evaluate(
+        params, held_out)["loss"].at[1].set(np.nan)))
 
   monkeypatch.setattr(train, "make_group_evaluate", run_1_eval_is_nan)
   with pytest.raises(experiment.Diverged) as e:
