@@ -23,17 +23,26 @@ def readme_block(marker):
   return blocks[0]
 
 
-def run_block(marker):
-  namespace = {"jax": jax, "jnp": jnp, "seqjax": seqjax, "cells": cells}
+def run_block(marker, **names):
+  namespace = {"jax": jax, "jnp": jnp, "seqjax": seqjax, "cells": cells, **names}
   # User code: the test suite's rank-promotion guard (tests/conftest.py) is not the user's.
   with jax.numpy_rank_promotion("allow"):
     exec(compile(readme_block(marker), f"README.md block {marker!r}", "exec"), namespace)
   return namespace
 
 
+def _example_ln_lstm():
+  """ln_lstm of docs/examples/mypkg/cells.py (the module the README shows in full)."""
+  path = README.parent / "docs" / "examples" / "mypkg" / "cells.py"
+  namespace = {}
+  exec(compile(path.read_text(), str(path), "exec"), namespace)
+  return namespace["ln_lstm"]
+
+
 def test_ln_lstm_example_runs_and_its_fast_loop_is_its_step():
-  ns = run_block("def ln_lstm(H)")   # runs the README's own gradient check too
-  cell = ns["ln_lstm"](4)
+  ln_lstm = _example_ln_lstm()
+  run_block("cell = ln_lstm(8)", ln_lstm=ln_lstm)   # the README's own gradient check
+  cell = ln_lstm(4)
   assert {"LoopParts", "UpdateBackward", "fused_step"} <= set(cells.__all__)
   assert cell.fast_loop is not None and cells.autodiff_backward(cell).fast_loop is None
   with jax.enable_x64(True), jax.numpy_rank_promotion("allow"):
