@@ -258,6 +258,25 @@ def test_compare_runs_every_configuration_and_draws_one_figure(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_forgetting_cells_train_on_multi_copy_from_the_command_line(tmp_path):
+  out = subprocess.run(
+      [sys.executable, "-m", "launch.compare", "--task=multi_copy", "--num_segments=2",
+       "--seq_len=3", "--models=rda,min_rda", "--seeds=0", "--hidden_size=4", "--batch_size=8",
+       "--num_steps=4", "--eval_every=2", "--eval_size=16", f"--workdir={tmp_path}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for model in ("rda", "min_rda"):
+    config = json.load(open(tmp_path / model / "s0" / "config.json"))
+    assert (config["model"], config["task"], config["num_segments"]) == (model, "multi_copy", 2)
+    rows = _rows(tmp_path / model / "s0")
+    assert [r["step"] for r in rows] == [2, 4]
+    for r in rows:  # bits per step is the cross-entropy in bits; accuracy a fraction
+      np.testing.assert_allclose(r["eval_bits_per_step"], r["eval_loss"] / np.log(2), rtol=1e-5)
+      assert 0 <= r["eval_accuracy"] <= 1
+    assert rows[0]["train_loss"] != rows[1]["train_loss"]
+
+
+@pytest.mark.slow
 def test_compare_rejects_bad_lists_before_running(tmp_path):
   for flag, message in [("--models=rwa,transformer", "--models=rwa,transformer: unknown cell 'transformer'"),
                         ("--num_layers=1,0", "--num_layers=1,0: must be an integer >= 1"),
