@@ -19,7 +19,7 @@ exponent is ≤ 0 and d ≥ 1 once a step is seen: no overflow, no 0/0, for any 
 value and length. With f ≡ 1 (b_f → +∞) the cell is the min_rwa.
 
 Init: W_u, W_g, W_a, W_f Glorot-uniform over (F, H), b_u = b_g = 0, b_f = `forget_bias`
-(provisional default 1.0, as the rda's).
+(default 1.0, as the rda's: chosen by measurement, BUILD_NOTES.md).
 """
 
 from typing import NamedTuple

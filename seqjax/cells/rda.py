@@ -23,8 +23,9 @@ log f_t does, through the rescale factor.
 
 Init: the rwa's for its own weights (Glorot-uniform, zero biases, s0 ~ N(0, 1)); W_fx, W_fh
 Glorot-uniform over (F+H, H), stored split as W_g and W_a; b_f = `forget_bias` (default 1.0:
-f ≈ σ(1) = 0.73 per step at the start, i.e. a step's weight halves every ~2 steps; a provisional
-value, see BUILD_NOTES.md). With f ≡ 1 (b_f → +∞) the cell is the rwa.
+f ≈ σ(1) = 0.73 per step at the start, i.e. a step's weight halves every ~2 steps; measured
+against 3 and 5 on the adding problem and multi_copy, where 1 learned fastest on both:
+BUILD_NOTES.md). With f ≡ 1 (b_f → +∞) the cell is the rwa.
 """
 
 import math
