@@ -2,6 +2,8 @@
 don't cover — f ≡ 1 is the rwa / min_rwa, saturated attention and gates, the hand-written
 backward where autodiff would cancel, min_rda's associative combine, the init."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,3 +198,18 @@ def test_init_follows_the_rwa_and_forget_bias_sets_b_f():
     for make in (cells.rda, cells.min_rda):
       with pytest.raises(ValueError, match="forget_bias must be a finite number"):
         make(4, forget_bias=bad)
+
+
+def test_the_forget_bias_example_factories_build_rda_with_that_bias():
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                      "examples", "forget_bias.py")
+  namespace = {}
+  exec(compile(open(path).read(), path, "exec"), namespace)
+  key, xs = jax.random.key(0), jax.random.normal(jax.random.key(1), (2, 5, 3))
+  for b_f in (1, 3, 5):
+    cell = namespace[f"rda_b{b_f}"](4)
+    params = cell.init(key, 3)
+    np.testing.assert_array_equal(params["b_f"], np.full(4, b_f, np.float32))
+    want = cells.rda(4, forget_bias=float(b_f))
+    assert_trees_close(seqjax.scan(cell, params, xs), seqjax.scan(want, want.init(key, 3), xs),
+                       rtol=0, atol=0)
