@@ -215,6 +215,10 @@ def _steps_over_seeds(reached, budget):
 # seed_table's own columns; any other recorded setting that differs between groups gets one too
 _SEED_TABLE_SHOWN = ("model", "num_layers", "readout", "task", "bit_order", "seq_len",
                      "hidden_size", "feedback", "seed", "workdir", "wall_time")
+# What config.json records about how a run was launched, not what it computes (versions,
+# commit, command line, the writers it fed): runs alike but for these are seeds of one
+# configuration (seqjax.workdir.provenance writes the first four).
+NOT_THE_EXPERIMENT = ("seqjax_version", "jax_version", "git_commit", "argv", "tensorboard")
 
 
 def seed_table(workdirs, metrics) -> str:
@@ -225,10 +229,11 @@ def seed_table(workdirs, metrics) -> str:
   for workdir in workdirs:
     config, rows, _ = read_run(workdir)
     key = json.dumps({k: v for k, v in config.items()
-                      if k not in ("seed", "workdir", "wall_time")}, sort_keys=True)
+                      if k not in ("seed", "workdir", "wall_time") + NOT_THE_EXPERIMENT},
+                     sort_keys=True)
     groups.setdefault(key, (config, []))[1].append(rows)
   configs = [c for c, _ in groups.values()]
-  varying = sorted(k for k in set().union(*configs) - set(_SEED_TABLE_SHOWN)
+  varying = sorted(k for k in set().union(*configs) - set(_SEED_TABLE_SHOWN + NOT_THE_EXPERIMENT)
                    if len({json.dumps(c.get(k)) for c in configs}) > 1)
   rules = {threshold(c["task"], c["seq_len"]) for c in configs}
   rule = rules.pop() if len(rules) == 1 else (None, None, None)  # one rule for every row

@@ -73,6 +73,24 @@ def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
   assert table[3] == "| lstm | decay | 50 | 64 | teacher | 1 | 5 |"  # one seed: no spread
 
 
+def test_seed_table_pools_seeds_launched_apart_whatever_their_provenance(tmp_path):
+  # `--seed=0` and `--seed=1` launched as two commands (their argv differ, one with
+  # --tensorboard, another commit): one configuration, two seeds
+  from seqjax.workdir import provenance
+  assert set(provenance(["x"])) <= set(report.NOT_THE_EXPERIMENT)
+  for seed, mse, commit, tb in [(0, 1.0, "abc", False), (1, 3.0, "def", True)]:
+    d = tmp_path / f"s{seed}"
+    d.mkdir()
+    config = {"model": "rwa", "task": "adding", "seq_len": 6, "hidden_size": 8, "num_layers": 1,
+              "seed": seed, "workdir": str(d), "tensorboard": tb,
+              **provenance(["launch/main.py", f"--seed={seed}", f"--workdir={d}"])}
+    (d / "config.json").write_text(json.dumps(dict(config, git_commit=commit)))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval_mse": mse}) + "\n")
+  table = report.seed_table([tmp_path / "s0", tmp_path / "s1"], ["mse"]).splitlines()
+  assert table[0].startswith("| model | task | T | H | seeds |")
+  assert table[2:] == ["| rwa | adding | 6 | 8 | 2 | not within 10 | 2 ± 1.4 |"]
+
+
 def test_seed_table_tells_groups_apart_by_learning_rate_and_bit_order(tmp_path):
   # the subfolders of `--learning_rates=0.003,0.01 --seeds=0,1 --bit_order=msb_first`, and one
   # lsb_first group
