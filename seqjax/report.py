@@ -103,9 +103,13 @@ def _evaluated_every(configs) -> str:
 
 
 def _task_label(config) -> str:
-  return config["task"] + (f" ({config['bit_order']})" if config["task"] == "binary_addition"
-                           else "") + (" (validation split)"
-                                       if config.get("eval_split") == "validation" else "")
+  """The task column: the task and the settings that change its data (only those recorded)."""
+  notes = [config["bit_order"] if config["task"] == "binary_addition" else None,
+           f"R={config['num_segments']}" if "num_segments" in config else None,
+           f"data_rules={config['data_rules']}" if config.get("data_rules", "paper") != "paper"
+           else None,
+           "validation split" if config.get("eval_split") == "validation" else None]
+  return config["task"] + "".join(f" ({n})" for n in notes if n)
 
 
 def summary_table(workdirs, metrics=None) -> str:
@@ -214,7 +218,8 @@ def _steps_over_seeds(reached, budget):
 
 # seed_table's own columns; any other recorded setting that differs between groups gets one too
 _SEED_TABLE_SHOWN = ("model", "num_layers", "readout", "task", "bit_order", "seq_len",
-                     "hidden_size", "feedback", "seed", "workdir", "wall_time")
+                     "hidden_size", "feedback", "seed", "workdir", "wall_time", "num_segments",
+                     "data_rules", "eval_split")  # the last three: in the task column
 # What config.json records about how a run was launched, not what it computes (versions,
 # commit, command line, the writers it fed): runs alike but for these are seeds of one
 # configuration (seqjax.workdir.provenance writes the first four).
