@@ -219,6 +219,7 @@ def default_workdir(s: Settings) -> str:
   order = f"-{s.bit_order}" if s.task == "binary_addition" else ""
   order += f"-R{s.num_segments}" if s.task == "multi_copy" else ""
   order += f"-{s.data_rules}" if s.data_rules != FIELDS["data_rules"].default else ""
+  order += f"-{s.eval_split}" if s.eval_split != FIELDS["eval_split"].default else ""
   attn = "-attn" if s.readout == "attention" else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
