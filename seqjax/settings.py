@@ -369,7 +369,9 @@ def _check_user_task(s: Settings, task: tasks.Task) -> None:
   """A task of yours must sample batches of its declared shapes whose outputs its `losses`
   accept (traced, not run: jax.eval_shape)."""
   flag = f"--task={s.task}"
-  check(task.seq_len == s.seq_len, "seq_len", s.seq_len,
+  # A factory that takes seq_len may make longer sequences of it (copy: 2S + T); one that takes
+  # none must make the length the run records.
+  check(tasks.takes_seq_len(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
         f"the task {s.task} made sequences of length {task.seq_len}")
   if task.feedback_channel is not None:
     raise RunError(f"{flag}: a task with a feedback_channel (a series task) runs in the "

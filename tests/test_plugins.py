@@ -84,6 +84,9 @@ def parity(seq_len):
 def fixed():
   return parity(3)
 
+def copy_of_mine(seq_len):  # sequences of 2S + seq_len steps, as copy's
+  return tasks.get("copy", seq_len=seq_len)._replace(name="copy_of_mine")
+
 def bad_losses(seq_len):
   return parity(seq_len)._replace(losses=lambda outputs, batch: {"mse": outputs[:, 0]})
 
@@ -317,3 +320,12 @@ def test_the_readme_task_example_trains_with_its_module_defaults(tmp_path, monke
       k: example.DEFAULTS[k] for k in ("seq_len", "hidden_size", "learning_rate")}
   assert 0 <= out[str(tmp_path / "p")][-1]["eval_accuracy"] <= 1
   sys.modules.pop("mypkg.tasks", None)
+
+
+def test_a_user_task_may_make_sequences_longer_than_its_seq_len(user_modules, tmp_path):
+  # as the built-in copy (2S + T) and multi_copy do: the same run as the built-in's
+  same = dict(model="lstm", seq_len=3, learning_rate=0.01)  # the module's DEFAULTS' rate
+  out = _run(task="plugtasks:copy_of_mine", workdir=str(tmp_path / "u"), **same)
+  want = _run(task="copy", workdir=str(tmp_path / "c"), **same)
+  _assert_same_rows(out[str(tmp_path / "u")], want[str(tmp_path / "c")])
+  assert json.loads((tmp_path / "u" / "config.json").read_text())["seq_len"] == 3
