@@ -103,9 +103,13 @@ def _evaluated_every(configs) -> str:
 
 
 def _task_label(config) -> str:
-  return config["task"] + (f" ({config['bit_order']})" if config["task"] == "binary_addition"
-                           else "") + (" (validation split)"
-                                       if config.get("eval_split") == "validation" else "")
+  """The task column: the task and the settings that change its data (only those recorded)."""
+  notes = [config["bit_order"] if config["task"] == "binary_addition" else None,
+           f"R={config['num_segments']}" if "num_segments" in config else None,
+           f"data_rules={config['data_rules']}" if config.get("data_rules", "paper") != "paper"
+           else None,
+           "validation split" if config.get("eval_split") == "validation" else None]
+  return config["task"] + "".join(f" ({n})" for n in notes if n)
 
 
 def summary_table(workdirs, metrics=None) -> str:
@@ -214,7 +218,12 @@ def _steps_over_seeds(reached, budget):
 
 # seed_table's own columns; any other recorded setting that differs between groups gets one too
 _SEED_TABLE_SHOWN = ("model", "num_layers", "readout", "task", "bit_order", "seq_len",
-                     "hidden_size", "feedback", "seed", "workdir", "wall_time")
+                     "hidden_size", "feedback", "seed", "workdir", "wall_time", "num_segments",
+                     "data_rules", "eval_split")  # the last three: in the task column
+# What config.json records about how a run was launched, not what it computes (versions,
+# commit, command line, the writers it fed): runs alike but for these are seeds of one
+# configuration (seqjax.workdir.provenance writes the first four).
+NOT_THE_EXPERIMENT = ("seqjax_version", "jax_version", "git_commit", "argv", "tensorboard")
 
 
 def seed_table(workdirs, metrics) -> str:
@@ -225,10 +234,11 @@ def seed_table(workdirs, metrics) -> str:
   for workdir in workdirs:
     config, rows, _ = read_run(workdir)
     key = json.dumps({k: v for k, v in config.items()
-                      if k not in ("seed", "workdir", "wall_time")}, sort_keys=True)
+                      if k not in ("seed", "workdir", "wall_time") + NOT_THE_EXPERIMENT},
+                     sort_keys=True)
     groups.setdefault(key, (config, []))[1].append(rows)
   configs = [c for c, _ in groups.values()]
-  varying = sorted(k for k in set().union(*configs) - set(_SEED_TABLE_SHOWN)
+  varying = sorted(k for k in set().union(*configs) - set(_SEED_TABLE_SHOWN + NOT_THE_EXPERIMENT)
                    if len({json.dumps(c.get(k)) for c in configs}) > 1)
   rules = {threshold(c["task"], c["seq_len"]) for c in configs}
   rule = rules.pop() if len(rules) == 1 else (None, None, None)  # one rule for every row

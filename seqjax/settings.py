@@ -23,7 +23,7 @@ class RunError(Exception):
   """A user-facing error: bad setting, unusable workdir or checkpoint, diverged training."""
 
 
-DTYPES = {"float32": None, "bfloat16": "bfloat16"}  # --dtype -> the cells' matmul dtype
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # --dtype -> the cells' matmul dtype
 # Filled by `resolved`; learning_rate is filled later, by `with_learning_rate`, because a resumed
 # run keeps the rate it was trained with unless one is given.
 TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
@@ -219,6 +219,7 @@ def default_workdir(s: Settings) -> str:
   order = f"-{s.bit_order}" if s.task == "binary_addition" else ""
   order += f"-R{s.num_segments}" if s.task == "multi_copy" else ""
   order += f"-{s.data_rules}" if s.data_rules != FIELDS["data_rules"].default else ""
+  order += f"-{s.eval_split}" if s.eval_split != FIELDS["eval_split"].default else ""
   attn = "-attn" if s.readout == "attention" else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
@@ -368,7 +369,9 @@ def _check_user_task(s: Settings, task: tasks.Task) -> None:
   """A task of yours must sample batches of its declared shapes whose outputs its `losses`
   accept (traced, not run: jax.eval_shape)."""
   flag = f"--task={s.task}"
-  check(task.seq_len == s.seq_len, "seq_len", s.seq_len,
+  # A factory that takes seq_len may make longer sequences of it (copy: 2S + T); one that takes
+  # none must make the length the run records.
+  check(tasks.takes_seq_len(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
         f"the task {s.task} made sequences of length {task.seq_len}")
   if task.feedback_channel is not None:
     raise RunError(f"{flag}: a task with a feedback_channel (a series task) runs in the "

@@ -27,7 +27,7 @@ from seqjax.settings import RunError, Settings, train_config, validate
 GROUP_CONFIG, GROUP_CHECKPOINT = "group.json", "group_checkpoint.msgpack"
 BEST_CHECKPOINT, BEST = "checkpoint_best.msgpack", "best.json"
 # Settings a resumed run may change; any other difference means a different experiment.
-# (learning_rate: Adam's state does not depend on it, so a diverged run can go on more gently.)
+# (learning_rate: the optimizer state keeps it as data, so a diverged run can go on more gently.)
 RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning_rate",
                      "num_devices", "unroll", "remat",  # unroll, remat: speed and memory only
                      "tensorboard")

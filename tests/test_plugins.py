@@ -84,6 +84,9 @@ def parity(seq_len):
 def fixed():
   return parity(3)
 
+def copy_of_mine(seq_len):  # sequences of 2S + seq_len steps, as copy's
+  return tasks.get("copy", seq_len=seq_len)._replace(name="copy_of_mine")
+
 def bad_losses(seq_len):
   return parity(seq_len)._replace(losses=lambda outputs, batch: {"mse": outputs[:, 0]})
 
@@ -293,3 +296,36 @@ def test_the_readme_comparison_runs_the_example_from_pythonpath(tmp_path):
   table = (root / "results.md").read_text()
   assert "| mypkg.cells:ln_lstm | adding | 5 | 4 | 2 |" in table  # the rows over seeds
   assert "(mean ± sample sd over seeds; evaluated every 2 steps)" in table
+
+
+def test_the_readme_task_example_trains_with_its_module_defaults(tmp_path, monkeypatch):
+  # docs/examples/mypkg/tasks.py, as README's `--task=mypkg.tasks:parity` names it
+  monkeypatch.syspath_prepend(os.path.dirname(os.path.dirname(EXAMPLE)))
+  task = tasks.get("mypkg.tasks:parity", seq_len=7)
+  batch = task.sample(jax.random.key(3), 16)
+  bits = np.asarray(batch.xs[..., 0])
+  assert set(np.unique(bits)) <= {0.0, 1.0} and bits.shape == (16, 7)
+  np.testing.assert_array_equal(batch.ys, bits.sum(axis=1).astype(int) % 2)
+  logits = jax.random.normal(jax.random.key(4), (16, 2))
+  values = task.losses(logits, batch)
+  logp = np.asarray(jax.nn.log_softmax(logits))
+  np.testing.assert_allclose(values["loss"], -logp[np.arange(16), np.asarray(batch.ys)], rtol=1e-6)
+  np.testing.assert_array_equal(values["accuracy"], np.argmax(logp, 1) == np.asarray(batch.ys))
+  out = experiment.run(Settings(task="mypkg.tasks:parity", model="lstm", num_steps=2,
+                                batch_size=8, eval_every=2, eval_size=8,
+                                workdir=str(tmp_path / "p")), log=lambda line: None)
+  config = json.loads((tmp_path / "p" / "config.json").read_text())
+  from mypkg import tasks as example
+  assert {k: config[k] for k in ("seq_len", "hidden_size", "learning_rate")} == {
+      k: example.DEFAULTS[k] for k in ("seq_len", "hidden_size", "learning_rate")}
+  assert 0 <= out[str(tmp_path / "p")][-1]["eval_accuracy"] <= 1
+  sys.modules.pop("mypkg.tasks", None)
+
+
+def test_a_user_task_may_make_sequences_longer_than_its_seq_len(user_modules, tmp_path):
+  # as the built-in copy (2S + T) and multi_copy do: the same run as the built-in's
+  same = dict(model="lstm", seq_len=3, learning_rate=0.01)  # the module's DEFAULTS' rate
+  out = _run(task="plugtasks:copy_of_mine", workdir=str(tmp_path / "u"), **same)
+  want = _run(task="copy", workdir=str(tmp_path / "c"), **same)
+  _assert_same_rows(out[str(tmp_path / "u")], want[str(tmp_path / "c")])
+  assert json.loads((tmp_path / "u" / "config.json").read_text())["seq_len"] == 3

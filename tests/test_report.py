@@ -73,6 +73,49 @@ def test_seed_table_averages_runs_that_differ_only_in_the_seed(tmp_path):
   assert table[3] == "| lstm | decay | 50 | 64 | teacher | 1 | 5 |"  # one seed: no spread
 
 
+def test_seed_table_pools_seeds_launched_apart_whatever_their_provenance(tmp_path):
+  # `--seed=0` and `--seed=1` launched as two commands (their argv differ, one with
+  # --tensorboard, another commit): one configuration, two seeds
+  from seqjax.workdir import provenance
+  assert set(provenance(["x"])) <= set(report.NOT_THE_EXPERIMENT)
+  for seed, mse, commit, tb in [(0, 1.0, "abc", False), (1, 3.0, "def", True)]:
+    d = tmp_path / f"s{seed}"
+    d.mkdir()
+    config = {"model": "rwa", "task": "adding", "seq_len": 6, "hidden_size": 8, "num_layers": 1,
+              "seed": seed, "workdir": str(d), "tensorboard": tb,
+              **provenance(["launch/main.py", f"--seed={seed}", f"--workdir={d}"])}
+    (d / "config.json").write_text(json.dumps(dict(config, git_commit=commit)))
+    (d / "metrics.jsonl").write_text(json.dumps({"step": 10, "eval_mse": mse}) + "\n")
+  table = report.seed_table([tmp_path / "s0", tmp_path / "s1"], ["mse"]).splitlines()
+  assert table[0].startswith("| model | task | T | H | seeds |")
+  assert table[2:] == ["| rwa | adding | 6 | 8 | 2 | not within 10 | 2 ± 1.4 |"]
+
+
+def test_the_task_column_names_the_settings_that_change_the_data(tmp_path):
+  # multi_copy's R, --data_rules=authors and --eval_split=validation, as the launcher records
+  # them (only where they apply); two seq_length runs alike but for their rules stay apart
+  runs = [("mc", {"task": "multi_copy", "num_segments": 2}, 3.0),
+          ("sl_paper", {"task": "seq_length", "data_rules": "paper"}, 0.5),
+          ("sl_authors", {"task": "seq_length", "data_rules": "authors"}, 0.75),
+          ("dv", {"task": "digits", "eval_split": "validation", "permute": True}, 0.25)]
+  for name, config, value in runs:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(dict(
+        config, model="rwa", seq_len=10, hidden_size=8, num_layers=1, seed=0)))
+    metric = "bits_per_step" if name == "mc" else "accuracy"
+    (tmp_path / name / "metrics.jsonl").write_text(
+        json.dumps({"step": 10, f"eval_{metric}": value}) + "\n")
+  table = report.summary_table([tmp_path / n for n, _, _ in runs]).splitlines()
+  assert [row.split(" | ")[2] for row in table[2:]] == [
+      "multi_copy (R=2)", "seq_length", "seq_length (data_rules=authors)",
+      "digits (validation split)"]
+  table = report.seed_table([tmp_path / n for n in ("sl_paper", "sl_authors")],
+                            ["accuracy"]).splitlines()
+  assert table[0].startswith("| model | task | T | H | seeds |")  # no data_rules column
+  assert table[2:] == ["| rwa | seq_length | 10 | 8 | 1 | not within 10 | 0.5 |",
+                       "| rwa | seq_length (data_rules=authors) | 10 | 8 | 1 | not within 10 | 0.75 |"]
+
+
 def test_seed_table_tells_groups_apart_by_learning_rate_and_bit_order(tmp_path):
   # the subfolders of `--learning_rates=0.003,0.01 --seeds=0,1 --bit_order=msb_first`, and one
   # lsb_first group
