@@ -5,6 +5,7 @@ before any work. Errors a user can cause are `RunError`s with one-line messages.
 
 import dataclasses
 import math
+import re
 from typing import Optional
 
 import jax
@@ -263,6 +264,15 @@ def run_axis(s: Settings) -> str:
   return "runs" if devices > 1 and len(s.runs()) % devices == 0 else "data"
 
 
+def _as_flag_error(message: str) -> str:
+  """A task factory's "seq_len must be an int >= 5 for reber, got 3" as the launcher's
+  "--seq_len=3: must be an int >= 5 for reber" (the library's tasks know no flags)."""
+  m = re.fullmatch(r"(\w+) (must be .*), got (.*)", message)
+  if m is None or m.group(1) not in FIELDS:
+    return message
+  return f"--{m.group(1)}={m.group(3).strip(chr(39))}: {m.group(2)}"
+
+
 def validate(s: Settings) -> tasks.Task:
   """Checks every setting of resolved settings before any work; returns the task (which also
   checks its data)."""
@@ -320,7 +330,7 @@ def validate(s: Settings) -> tasks.Task:
   except _plugins.PluginError as e:
     raise RunError(f"--task={s.task}: {e}") from None
   except ValueError as e:
-    raise RunError(str(e)) from None
+    raise RunError(_as_flag_error(str(e))) from None
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:

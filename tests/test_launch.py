@@ -118,7 +118,7 @@ def test_bfloat16_matmuls_run_close_to_float32_and_are_recorded(tmp_path):
     ("eval_every", 0, "--eval_every=0"),
     ("num_layers", 0, "--num_layers=0"),
     ("clip_norm", -1.0, "--clip_norm=-1.0"),
-    ("seq_len", 1, "seq_len"),
+    ("seq_len", 1, "--seq_len=1: must be an int >= 2 for adding"),
     ("prefix_len", 8, "--prefix_len=8: must be below the sequence length 8"),
 ])
 def test_bad_flag_values_exit_with_one_line_and_write_nothing(flag, value, message, tmp_path):
