@@ -82,14 +82,22 @@ def step_shares(cell: Cell, params, xs_BxTxF, lengths=None) -> jax.Array:
   return jnp.where(valid, jnp.exp(jnp.where(valid, a - m_L, 0.0)) / d_L, 0.0)
 
 
+def _copy_segments(batch, b):
+  """[(first step, delimiter step)] of each copy problem in sequence b (multi_copy: R of them
+  back to back, one delimiter each, all of the same length)."""
+  delimiters = np.nonzero(np.asarray(batch.xs[b, :, variable_copy.DELIMITER]))[0]
+  length = batch.xs.shape[1] // len(delimiters)
+  return [(k * length, int(p)) for k, p in enumerate(delimiters)]
+
+
 def landmarks(task_name, batch, b):
   """[(time step, label)] worth drawing on sequence b's state picture."""
   if task_name == "adding":
     return [(int(t), "marker") for t in np.nonzero(np.asarray(batch.xs[b, :, 1]))[0]]
-  if task_name == "copy":
-    p = int(np.argmax(np.asarray(batch.xs[b, :, variable_copy.DELIMITER])))
-    return [(variable_copy.NUM_RECALL - 0.5, "symbols shown"), (p, "delimiter"),
-            (p + variable_copy.NUM_RECALL + 0.5, "recalled")]
+  if task_name in ("copy", "multi_copy"):
+    S = variable_copy.NUM_RECALL
+    return [mark for start, p in _copy_segments(batch, b) for mark in
+            ((start + S - 0.5, "symbols shown"), (p, "delimiter"), (p + S + 0.5, "recalled"))]
   if batch.lengths is not None:
     return [(int(batch.lengths[b]) - 0.5, "end")]
   return []
@@ -100,9 +108,9 @@ def event_steps(task_name, batch, b):
   """The steps of sequence b where the units worth seeing should move (None: every step)."""
   if task_name == "adding":
     return [int(t) for t in np.nonzero(np.asarray(batch.xs[b, :, 1]))[0]]
-  if task_name == "copy":
-    p = int(np.argmax(np.asarray(batch.xs[b, :, variable_copy.DELIMITER])))
-    return list(range(variable_copy.NUM_RECALL)) + [p]
+  if task_name in ("copy", "multi_copy"):
+    return [t for start, p in _copy_segments(batch, b)
+            for t in list(range(start, start + variable_copy.NUM_RECALL)) + [p]]
   return None
 
 

@@ -12,7 +12,8 @@ import pytest
 from flax import serialization
 
 from helpers import loop, random_params
-from seqjax import cells, experiment, introspect, models, plots, train
+from seqjax import cells, experiment, introspect, models, plots, tasks, train
+from seqjax.tasks import variable_copy
 from task_helpers import ROOT
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -233,3 +234,25 @@ def test_the_cli_draws_runs_side_by_side_and_names_bad_flags(runs, tmp_path):
     out = subprocess.run([sys.executable, "-m", "launch.inspect", *flags_], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_copy_landmarks_mark_each_segment_of_multi_copy():
+  S, T, R = 10, 4, 3
+  batch = tasks.get("multi_copy", seq_len=T, num_segments=R).sample(jax.random.key(3), 2)
+  one = tasks.get("copy", seq_len=T).sample(jax.random.key(4), 1)
+  xs = np.asarray(batch.xs)
+  for b in range(2):
+    delims = np.nonzero(xs[b, :, variable_copy.DELIMITER])[0]
+    assert len(delims) == R
+    for k, p in enumerate(delims):  # each delimiter inside its own segment of length 2S + T
+      assert k * (2 * S + T) + S <= p < (k + 1) * (2 * S + T)
+    want = [m for k, p in enumerate(delims) for m in ((k * (2 * S + T) + S - 0.5, "symbols shown"),
+                                                      (p, "delimiter"), (p + S + 0.5, "recalled"))]
+    assert introspect.landmarks("multi_copy", batch, b) == want
+    assert introspect.event_steps("multi_copy", batch, b) == [
+        t for k, p in enumerate(delims) for t in list(range(k * (2 * S + T), k * (2 * S + T) + S))
+        + [int(p)]]
+  p = int(np.argmax(np.asarray(one.xs[0, :, variable_copy.DELIMITER])))  # copy: as before
+  assert introspect.landmarks("copy", one, 0) == [(S - 0.5, "symbols shown"), (p, "delimiter"),
+                                                  (p + S + 0.5, "recalled")]
+  assert introspect.event_steps("copy", one, 0) == list(range(S)) + [p]
