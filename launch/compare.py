@@ -93,8 +93,10 @@ def main(argv):
         workdirs.append(run.workdir)
     first = groups[0][1]
     target = report.threshold(first.task, first.seq_len)
+    # the data settings the groups share (bit orders may differ between them)
+    title = first.task if first.task == "binary_addition" else report.task_label(first.recorded())
     plots.compare_curves(curves, os.path.join(root, "compare.png"),
-                         f"{first.task} (T={first.seq_len}, H={first.hidden_size})", metric,
+                         f"{title} (T={first.seq_len}, H={first.hidden_size})", metric,
                          threshold=target[2] if target[0] == metric else None)
     table = report.summary_table(workdirs)
     if len(workdirs) > len(groups):  # several seeds per configuration: their spread too

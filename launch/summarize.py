@@ -40,14 +40,15 @@ def _summarize(workdirs):
     print(report.summary_table(workdirs, METRICS.value))
   if FIGURE.value:
     runs = [report.read_run(w) for w in workdirs]
-    tasks = {(c["task"], c["seq_len"]) for c, _, _ in runs}
+    tasks = {(report.task_label(c), c["task"], c["seq_len"]) for c, _, _ in runs}
     if len(tasks) != 1:
-      sys.exit(f"error: --figure needs runs of one task and length; got {sorted(tasks)}")
-    (task, seq_len), = tasks
+      sys.exit("error: --figure needs runs of one task, length and data; got "
+               + "; ".join(f"{label} T={T}" for label, _, T in sorted(tasks)))
+    (label, task, seq_len), = tasks
     rule_metric, _, value = report.threshold(task, seq_len)
     metric = (METRICS.value or [rule_metric or "loss"])[0]
     plots.compare_curves(report.curves_by_configuration(workdirs), FIGURE.value,
-                         f"{task} (T={seq_len})", metric,
+                         f"{label} (T={seq_len})", metric,
                          threshold=value if metric == rule_metric else None)
     print(f"figure: {FIGURE.value}")
 

@@ -102,7 +102,7 @@ def _evaluated_every(configs) -> str:
   return f"; evaluated every {' or '.join(map(str, every))} steps" if every else ""
 
 
-def _task_label(config) -> str:
+def task_label(config) -> str:
   """The task column: the task and the settings that change its data (only those recorded)."""
   notes = [config["bit_order"] if config["task"] == "binary_addition" else None,
            f"R={config['num_segments']}" if "num_segments" in config else None,
@@ -135,7 +135,7 @@ def summary_table(workdirs, metrics=None) -> str:
     last = rows[-1] if rows else {}
     name = run_names(workdirs)[workdir]
     cells = [name + (f" (diverged at step {diverged})" if diverged else ""), model_label(config),
-             _task_label(config),
+             task_label(config),
              str(config["seq_len"]), str(config["hidden_size"]), str(last.get("step", 0))]
     if metric:
       reached = steps_to_threshold(rows, metric, direction, value)
@@ -251,7 +251,7 @@ def seed_table(workdirs, metrics) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for config, runs in groups.values():
     finals = [rows[-1] if rows else {} for rows in runs]
-    cells = [model_label(config), _task_label(config), str(config["seq_len"]), str(config["hidden_size"]),
+    cells = [model_label(config), task_label(config), str(config["seq_len"]), str(config["hidden_size"]),
              *([config.get("feedback", "—")] if series else []),
              *[_setting(config.get(k, "—")) for k in varying], str(len(finals))]
     if rule[0]:
