@@ -314,7 +314,7 @@ def main(budget_s, sections, report_dir=None, tiny=False):
 
 
 class _Stopped(Exception):
-  pass
+  """SIGTERM or SIGINT reached the driver: record the running section and write the report."""
 
 
 def _raise_stopped(signum, frame):
