@@ -20,6 +20,8 @@ import threading
 import time
 from typing import NamedTuple
 
+from seqjax.checkpoint import write_atomic
+
 SECTIONS = ("tests", "speed", "runs", "min", "dtype", "memory")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tests may take at most this share of the whole budget, so the measurements always get time.
@@ -196,13 +198,6 @@ def child_main(argv):
 
 
 # ---- the driver ----
-
-def write_atomic(path, text):
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
 
 def section_command(name, out_json, tiny):
   return [sys.executable, "-m", "launch.suite", name, out_json] + (["--tiny"] if tiny else [])
