@@ -95,7 +95,7 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
   lead = jax.process_index() == 0
   folders = Folders(s, lead=lead, metric=main_metric(task))
   loop = _Loop(s, task, folders, log, provenance(argv))
-  makes = ([writers_lib.tensorboard] if s.tensorboard else []) + list(writers)
+  makes = ([writers_lib.TensorBoard] if s.tensorboard else []) + list(writers)
   with writers_lib.Writers(makes if lead else [], [r.workdir for r in folders.runs],
                            loop.rows) as out, _StopOnSignal() as stop:
     loop.out, signum = out, 0

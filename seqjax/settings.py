@@ -254,7 +254,7 @@ def _is_number(v):
 
 
 def _positive(v):
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+  return _is_number(v) and v > 0
 
 
 def run_axis(s: Settings) -> str:

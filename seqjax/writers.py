@@ -5,7 +5,7 @@ A writer factory `make(run_folder)` returns an object with `write(step, scalars)
 sends it exactly the rows of that run's metrics.jsonl, as they are saved: `step`, and every other
 key of the row as `scalars` (a diverged run's last row is {"step": k, "diverged_at_step": k}).
 Rows a resumed run restores were sent before and are not sent again. W&B, MLflow or anything
-else plugs in this way; `tensorboard` is the one seqjax brings (`--tensorboard`).
+else plugs in this way; `TensorBoard` is the one seqjax brings (`--tensorboard`).
 """
 
 import importlib.util
@@ -31,10 +31,6 @@ class TensorBoard:
 
   def close(self) -> None:
     self._writer.close()
-
-
-def tensorboard(run_folder: str) -> TensorBoard:
-  return TensorBoard(run_folder)
 
 
 def check_tensorboard() -> None:
