@@ -26,7 +26,6 @@ SECTIONS = ("tests", "speed", "runs", "min", "dtype", "memory")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tests may take at most this share of the whole budget, so the measurements always get time.
 TESTS_SHARE = 1 / 3
-STATUSES = ("ok", "timeout", "failed", "skipped")
 
 
 class Sizes(NamedTuple):
@@ -230,17 +229,6 @@ def default_report_dir(backend):
   return os.path.join("bench", f"{datetime.date.today().isoformat()}-{backend}")
 
 
-def check_report_dir(path):
-  """None if path is (or can be made) a writable folder, else the reason."""
-  try:
-    os.makedirs(path, exist_ok=True)
-    write_atomic(os.path.join(path, ".write-check"), "")
-    os.remove(os.path.join(path, ".write-check"))
-  except OSError as e:
-    return e.strerror or str(e)
-  return None
-
-
 def _fmt(v):
   if v is None:
     return "—"
@@ -289,8 +277,15 @@ def check_args(budget_s, sections, report_dir):
 
 
 def _check_writable(report_dir):
+  """A RunError naming --report_dir unless it is (or can be made) a writable folder."""
   from seqjax.settings import check
-  why = check_report_dir(report_dir)
+  why = None
+  try:
+    os.makedirs(report_dir, exist_ok=True)
+    write_atomic(os.path.join(report_dir, ".write-check"), "")
+    os.remove(os.path.join(report_dir, ".write-check"))
+  except OSError as e:
+    why = e.strerror or str(e)
   check(why is None, "report_dir", report_dir, f"cannot write a report there ({why})")
 
 
