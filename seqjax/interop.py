@@ -256,10 +256,14 @@ def _is_variable(x):
   return isinstance(x, nnx.Variable)
 
 
-def _scan_sequence(cell, params, xs, seq_lengths, initial_carry, unroll, remat):
+def _scan_sequence(module, params, xs, seq_lengths, initial_carry, return_carry):
+  """LinenRNN's and NnxRNN's __call__: hs, or (final_state, hs) with return_carry."""
+  cell = module.cell
   state = None if initial_carry is None else _start_deferred(cell, params, initial_carry)
-  return scan(cell, params, xs, lengths=seq_lengths, initial_state=state, unroll=unroll,
-              remat=remat)
+  final_state, hs = scan(cell, params, xs, lengths=seq_lengths, initial_state=state,
+                         unroll=module.unroll, remat=module.remat)
+  return_carry = module.return_carry if return_carry is None else return_carry
+  return (final_state, hs) if return_carry else hs
 
 
 class LinenRNN(nn.Module):
@@ -295,10 +299,7 @@ class LinenRNN(nn.Module):
   @nn.compact
   def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
     params = self.param("cell", lambda key: self.cell.init(key, xs.shape[-1]))
-    final_state, hs = _scan_sequence(self.cell, params, xs, seq_lengths, initial_carry,
-                                     self.unroll, self.remat)
-    return_carry = self.return_carry if return_carry is None else return_carry
-    return (final_state, hs) if return_carry else hs
+    return _scan_sequence(self, params, xs, seq_lengths, initial_carry, return_carry)
 
 
 class NnxRNN(_NnxParams, nnx.Module):
@@ -325,7 +326,4 @@ class NnxRNN(_NnxParams, nnx.Module):
     self.return_carry, self.unroll, self.remat = return_carry, unroll, remat
 
   def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
-    final_state, hs = _scan_sequence(self.cell, self.get_params(), xs, seq_lengths,
-                                     initial_carry, self.unroll, self.remat)
-    return_carry = self.return_carry if return_carry is None else return_carry
-    return (final_state, hs) if return_carry else hs
+    return _scan_sequence(self, self.get_params(), xs, seq_lengths, initial_carry, return_carry)
