@@ -25,8 +25,7 @@ _KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)")
 
 def _as_array(name, value):
   if hasattr(value, "detach"):  # a torch tensor (also bfloat16, which .numpy() alone refuses)
-    value = value.detach().cpu()
-    value = value.float().numpy() if hasattr(value, "float") else value.numpy()
+    value = value.detach().cpu().float().numpy()
   try:
     array = np.asarray(value, np.float64)
   except (TypeError, ValueError):
