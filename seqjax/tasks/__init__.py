@@ -7,7 +7,7 @@ import inspect
 from seqjax import _plugins
 from seqjax.tasks.base import Batch, Task
 from seqjax.tasks import (adding, binary_addition, decay, digits, mnist, multi_copy, reber,
-                          seq_length, trajectory, variable_copy)
+                          seq_length, text, trajectory, variable_copy)
 
 REGISTRY = {
     "binary_addition": binary_addition.make,
@@ -20,12 +20,13 @@ REGISTRY = {
     "decay": decay.make,
     "digits": digits.make,
     "mnist": mnist.make,
+    "text": text.make,
 }
 NAMES = tuple(REGISTRY)  # the built-in tasks
 SERIES = ("trajectory", "decay")  # tasks with a feedback_channel: next-value prediction
 DEFAULTS = {name: getattr(inspect.getmodule(make), "DEFAULTS") for name, make in REGISTRY.items()}
 OPTIONS = ("seq_len", "bit_order", "permute", "data_dir", "eval_split", "num_segments",
-           "data_rules")  # what `get` passes on
+           "data_rules", "corpus")  # what `get` passes on
 _REGISTERED = {}  # name -> (factory, defaults), from `register`
 
 
