@@ -66,6 +66,8 @@ def main_metric(task) -> str:
   """The metric a task's runs are judged by (plots, logs)."""
   if task.name in ("copy", "multi_copy"):
     return "bits_per_step"
+  if task.name == "text":
+    return "bits_per_char"
   return "accuracy" if task.classification else "mse"
 
 

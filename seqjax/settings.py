@@ -71,6 +71,9 @@ class Settings:
   learning_rates: Optional[tuple] = _field(None, "Several learning rates (distinct, > 0), trained "
                                            "at once with every seed: one program.", "floats")
   clip_norm: float = _field(0.0, "Global-norm gradient clipping; 0 = off.", float)
+  dropout: float = _field(0.0, "Dropout probability on the non-recurrent connections (each "
+                          "layer's input and the readout's input), fresh masks every step, "
+                          "training only; 0 = off.", float)
   optimizer: str = _field("adam", "optax optimizer (adam: the paper's).", str, train.OPTIMIZERS)
   weight_decay: float = _field(0.0, "Decoupled weight decay, --optimizer=adamw or lion.", float)
   momentum: float = _field(0.0, "Momentum in [0, 1), --optimizer=sgd or rmsprop; 0 = none.",
@@ -286,6 +289,10 @@ def validate(s: Settings) -> tasks.Task:
   check_int("num_steps", s.num_steps, 0)
   check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
         "must be >= 0 (0 turns clipping off)")
+  check(_is_number(s.dropout) and 0 <= s.dropout < 1, "dropout", s.dropout,
+        "must be a number in [0, 1)")
+  check(not s.dropout or (s.readout == "linear" and s.feedback == "teacher"), "dropout",
+        s.dropout, "applies with --readout=linear and --feedback=teacher only")
   for one, many in (("seed", "seeds"), ("learning_rate", "learning_rates")):
     check(getattr(s, one) is None or getattr(s, many) is None, many, getattr(s, many),
           f"give --{one} or --{many}, not both")
@@ -449,4 +456,5 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
                           decay_steps=s.decay_steps),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
                       prefix_len=s.prefix_len, feedback=s.feedback,
-                      teacher_forcing_decay_steps=s.teacher_forcing_decay_steps)
+                      teacher_forcing_decay_steps=s.teacher_forcing_decay_steps,
+                      dropout=s.dropout)

@@ -113,8 +113,8 @@ def test_positional_splits_vocabulary_and_info():
   np.testing.assert_array_equal(task.held_out(None), tokens[a:b])
   assert task.held_out_size == b - a and task.input_size == task.output_size == len(vocab)
   info = task.stream.info
-  assert info["vocabulary"] == [int(v) for v in vocab] and info["bytes"] == 2003
-  assert info["sha256"] == hashlib.sha256(data).hexdigest()
+  assert info["vocabulary"] == [int(v) for v in vocab] and info["corpus_bytes"] == 2003
+  assert info["corpus_sha256"] == hashlib.sha256(data).hexdigest()
   test_task = text.from_bytes(data, seq_len=T, eval_split="test")
   np.testing.assert_array_equal(test_task.held_out(None), tokens[b:])
 

@@ -13,6 +13,27 @@ import jax.numpy as jnp
 DATA_RULES = ("paper", "authors")
 
 
+class Option(NamedTuple):
+  """An option a task's factory takes besides seq_len, as its module's `OPTIONS` declares it:
+  the launcher makes a flag of it (default None: not given), fills `default` where it is not
+  given, and checks `choices` / `minimum` before calling the factory."""
+  name: str
+  kind: type                      # int | float | str | bool
+  default: Any
+  help: str
+  choices: Optional[tuple] = None
+  minimum: Optional[float] = None
+
+
+class OptionError(ValueError):
+  """A task factory's bad option (seq_len included): `option`, the `value` given and what is
+  `allowed`, so a launcher can name its own flag without parsing the message."""
+
+  def __init__(self, option: str, value, allowed: str):
+    super().__init__(f"{option}={value!r}: {allowed}")
+    self.option, self.value, self.allowed = option, value, allowed
+
+
 class Batch(NamedTuple):
   xs: jax.Array                   # [B, T, F] float32 inputs
   ys: jax.Array                   # targets: [B] or [B, T]; int32 classes or float32 values
@@ -67,27 +88,6 @@ class Stream(NamedTuple):
   inputs: Callable
   losses: Callable
   info: Any = None
-
-
-class Option(NamedTuple):
-  """An option a task's `make` takes besides seq_len: the launcher builds a flag from it.
-  kind: int | float | str | bool; choices: the allowed values (None: any of that kind);
-  minimum: the smallest allowed number."""
-  name: str
-  kind: type
-  default: Any
-  help: str
-  choices: Optional[tuple] = None
-  minimum: Optional[float] = None
-
-
-class OptionError(ValueError):
-  """A bad value of a task option, raised by the task's factory: names the option, the value and
-  what is allowed."""
-
-  def __init__(self, option: str, value, allowed: str):
-    super().__init__(f"{option}={value!r}: {allowed}")
-    self.option, self.value, self.allowed = option, value, allowed
 
 
 def softmax_cross_entropy(logits, labels):

@@ -93,7 +93,7 @@ def from_bytes(data: bytes, seq_len: int = DEFAULTS["seq_len"], eval_split: str 
   a, b = split_bounds(n)
   parts = dict(zip(SPLITS, (tokens[:a], tokens[a:b], tokens[b:])))
   train = jnp.asarray(parts["train"])  # on the device, uint8; windows are gathered from it
-  info = dict(info or {}, bytes=n, sha256=hashlib.sha256(data).hexdigest(),
+  info = dict(info or {}, corpus_bytes=n, corpus_sha256=hashlib.sha256(data).hexdigest(),
               vocabulary=[int(v) for v in vocab], vocab_size=V)
 
   def stream_length(batch_size):
@@ -152,4 +152,4 @@ def make(seq_len: int = DEFAULTS["seq_len"], data_dir: str = None, corpus: str =
   if corpus is not None and corpus not in corpora.KINDS:
     raise OptionError("corpus", corpus, f"allowed: {', '.join(corpora.KINDS)}")
   kind, data = corpora.read(data_dir, corpus)
-  return from_bytes(data, seq_len, eval_split, info={"corpus": kind})
+  return from_bytes(data, seq_len, eval_split, info={"corpus_kind": kind})
