@@ -125,8 +125,9 @@ def init_state(cfg: Config, key) -> TrainState:
                        readout=cfg.readout)
   step = jnp.zeros((), jnp.int32)
   if cfg.task.stream is not None:
-    return StreamState(step, params, cfg.optimizer.init(params),
-                       cfg.cell.initial_state(params["cell"], (cfg.batch_size,)))
+    # copies: a cell's initial state may share one buffer between fields, and the step donates
+    carry = jax.tree.map(jnp.array, cfg.cell.initial_state(params["cell"], (cfg.batch_size,)))
+    return StreamState(step, params, cfg.optimizer.init(params), carry)
   return TrainState(step, params, cfg.optimizer.init(params))
 
 
