@@ -338,6 +338,9 @@ def validate(s: Settings) -> tasks.Task:
     raise RunError(f"--task={s.task}: {e}") from None
   except ValueError as e:
     raise RunError(_as_flag_error(str(e))) from None
+  if task.stream is not None:  # text: one window per stream in every split
+    _resolving(f"batch_size={s.batch_size} --seq_len", s.seq_len,
+               lambda: task.stream.windows(s.batch_size))
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:
