@@ -49,9 +49,6 @@ class Config(NamedTuple):
   dropout: float = 0.0  # on each layer's input and the readout's input, training only
 
 
-FEEDBACK_MODES = ("teacher", "free", "scheduled")
-
-
 def teacher_forcing(cfg: Config, step):
   """p, the probability of feeding the true previous value during training at `step`."""
   if cfg.feedback == "teacher":

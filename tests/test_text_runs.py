@@ -29,7 +29,7 @@ def _corpus_dir(tmp_path, n=1300):
 def text_settings(data_dir, **changes):
   """gru H=8, 3 streams, windows of 7: (1170 // 3 - 1) // 7 = 55 windows per stream."""
   base = dict(model="gru", task="text", seq_len=7, hidden_size=8, batch_size=3, num_steps=6,
-              eval_every=3, learning_rate=0.01, data_dir=data_dir, eval_split="validation")
+              eval_every=3, learning_rate=0.01, task_options={"data_dir": data_dir})
   return Settings(**dict(base, **changes))
 
 
