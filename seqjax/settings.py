@@ -266,10 +266,10 @@ def _check_task_options(s: Settings) -> None:
     option = declared[name]
     if name in FIELDS:
       raise RunError(f"--task={s.task}: its option {name!r} is a general setting")
+    if value is None and option.default is None:  # not given, and None means "the task chooses"
+      continue
     if option.choices is not None:
       check(value in option.choices, name, value, f"allowed: {', '.join(map(str, option.choices))}")
-    elif value is None and option.default is None:
-      continue
     elif option.kind is int:
       check_int(name, value, -math.inf if option.minimum is None else option.minimum)
     elif option.kind is float:
