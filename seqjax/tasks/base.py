@@ -3,7 +3,7 @@
 A task knows no model: it sees only the model's outputs (logits or predicted values).
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,28 @@ import jax.numpy as jnp
 # Whose data rules a task follows where the RWA paper's prose and the authors' code differ
 # (seq_length, reber): "paper" (the default) or "authors".
 DATA_RULES = ("paper", "authors")
+
+
+class Option(NamedTuple):
+  """One option a task's `make` takes besides seq_len, as its module's `OPTIONS` declares it.
+  kind: int | float | str | bool; choices: the allowed values (None: any of the kind); minimum:
+  the least allowed number (int and float options)."""
+  name: str
+  kind: type
+  default: Any
+  help: str
+  choices: Optional[tuple] = None
+  minimum: Optional[float] = None
+
+
+class OptionError(ValueError):
+  """A task factory's refusal of one of its options: which option, the value given (None:
+  missing) and what is allowed, in one line."""
+
+  def __init__(self, option: str, value, allowed: str):
+    shown = f"{option} is missing" if value is None else f"{option}={value}"
+    super().__init__(f"{shown}: {allowed}")
+    self.option, self.value, self.allowed = option, value, allowed
 
 
 class Batch(NamedTuple):
