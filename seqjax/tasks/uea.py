@@ -39,7 +39,7 @@ WHEEL_GLOB = "sktime-*.whl"
 WHEEL_DATA = "sktime/datasets/data"  # NAME/NAME_TRAIN.ts, NAME/NAME_TEST.ts inside the wheel
 PARTS = ("TRAIN", "TEST")
 NAME_PATTERN = r"[A-Za-z0-9_\-]+"
-DEFAULTS = dict(hidden_size=128, batch_size=32, num_steps=2000, learning_rate=1e-3)
+DEFAULTS = dict(hidden_size=128, batch_size=32, num_steps=1500, learning_rate=1e-3)
 OPTIONS = (
     Option("dataset", str, None, "The archive's dataset NAME (e.g. JapaneseVowels, PLAID): "
            "NAME_TRAIN.ts and NAME_TEST.ts in --data_dir, or inside the sktime wheel there."),
