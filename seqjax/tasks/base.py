@@ -14,11 +14,11 @@ DATA_RULES = ("paper", "authors")
 
 
 class Option(NamedTuple):
-  """One option a task's `make` takes besides seq_len, as its module's `OPTIONS` declares it.
-  kind: int | float | str | bool; choices: the allowed values (None: any of the kind); minimum:
-  the least allowed number (int and float options)."""
+  """An option a task's factory takes besides seq_len, as its module's `OPTIONS` declares it:
+  the launcher makes a flag of it (default None: not given), fills `default` where it is not
+  given, and checks `choices` / `minimum` before calling the factory."""
   name: str
-  kind: type
+  kind: type                      # int | float | str | bool
   default: Any
   help: str
   choices: Optional[tuple] = None
@@ -26,12 +26,11 @@ class Option(NamedTuple):
 
 
 class OptionError(ValueError):
-  """A task factory's refusal of one of its options: which option, the value given (None:
-  missing) and what is allowed, in one line."""
+  """A task factory's bad option (seq_len included): `option`, the `value` given and what is
+  `allowed`, so a launcher can name its own flag without parsing the message."""
 
   def __init__(self, option: str, value, allowed: str):
-    shown = f"{option} is missing" if value is None else f"{option}={value}"
-    super().__init__(f"{shown}: {allowed}")
+    super().__init__(f"{option}={value!r}: {allowed}")
     self.option, self.value, self.allowed = option, value, allowed
 
 
