@@ -29,7 +29,7 @@ TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
 # The recorded settings and task options that shape a run's data (the sequences it is trained
 # and evaluated on).
 DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split", "num_segments",
-                 "data_rules")
+                 "data_rules", "dataset")
 # Settings (or task options) that mean something only for some values of another:
 # name -> (that setting, values).
 ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
@@ -104,7 +104,9 @@ class Settings:
   def resolved(self) -> "Settings":
     """Fills the task's defaults (the paper's settings, or the binary-addition article's), all
     but the learning rate (see `with_learning_rate`)."""
-    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS if getattr(self, k) is None}
+    from_data = _length_from_data(self.task)
+    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS
+            if getattr(self, k) is None and not (k == "seq_len" and from_data)}
     declared = _resolving("task", self.task, lambda: tasks.options(self.task))
     fill["task_options"] = {**{o.name: o.default for o in declared}, **self.task_options}
     if self.seed is None and self.seeds is None:
@@ -112,6 +114,9 @@ class Settings:
     if self.unroll is None:
       fill["unroll"] = default_unroll()
     out = dataclasses.replace(self, **fill)
+    if out.seq_len is None and from_data:  # the length of its data: the task, built, knows it
+      _check_task_options(out)
+      out = dataclasses.replace(out, seq_len=_make_task(out).seq_len)
     return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
 
   def with_learning_rate(self, recorded: Optional[dict] = None) -> "Settings":
@@ -189,6 +194,13 @@ def task_default(task: str, key: str):
   return defaults[key]
 
 
+def _length_from_data(task: str) -> bool:
+  """Whether a built-in task's sequence length is its data's (uea: the dataset's longest
+  series): its factory takes no seq_len and its DEFAULTS give none."""
+  return task in tasks.NAMES and not tasks.takes_seq_len(task) and \
+      "seq_len" not in tasks.DEFAULTS[task]
+
+
 def folder_name(name: str) -> str:
   """A model or task name as part of a folder name (MODULE:NAME -> MODULE-NAME)."""
   return name.replace(":", "-")
@@ -199,6 +211,7 @@ def default_workdir(s: Settings) -> str:
   options, defaults = s.task_options, {o.name: o.default for o in tasks.options(s.task)}
   order = f"-{options['bit_order']}" if s.task == "binary_addition" else ""
   order += f"-R{options['num_segments']}" if s.task == "multi_copy" else ""
+  order += f"-{options['dataset']}" if "dataset" in options else ""
   order += "".join(f"-{options[k]}" for k in ("data_rules", "eval_split")
                    if k in options and options[k] != defaults.get(k))
   attn = "-attn" if s.readout == "attention" else ""
@@ -272,6 +285,18 @@ def _check_task_options(s: Settings) -> None:
       check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
 
 
+def _make_task(s: Settings) -> tasks.Task:
+  """The task of `s`, a factory's complaint as a RunError."""
+  try:
+    return tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
+  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
+    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
+  except _plugins.PluginError as e:
+    raise RunError(f"--task={s.task}: {e}") from None
+  except ValueError as e:
+    raise RunError(str(e)) from None
+
+
 def validate(s: Settings) -> tasks.Task:
   """Checks every setting of resolved settings before any work; returns the task (which also
   checks its data)."""
@@ -312,14 +337,9 @@ def validate(s: Settings) -> tasks.Task:
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
   _resolving("model", s.model, lambda: cells.factory(s.model))
-  try:
-    task = tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
-  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
-    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
-  except _plugins.PluginError as e:
-    raise RunError(f"--task={s.task}: {e}") from None
-  except ValueError as e:
-    raise RunError(str(e)) from None
+  task = _make_task(s)
+  check(not _length_from_data(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
+        f"the {s.task} task's length is its data's longest series, {task.seq_len}")
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:

@@ -1,6 +1,7 @@
 """The uea task: the `.ts` reader, standardisation, splits and whole-split evaluation, on files
 the tests write (and the real sktime wheel when it is on this machine)."""
 
+import dataclasses
 import glob
 import os
 import zipfile
@@ -152,7 +153,7 @@ def test_the_sktime_wheel_is_read_as_the_files_are(tmp_path):
       np.testing.assert_array_equal(x, y)
   assert uea.available(str(wheel_dir)) == ["Toy"]
   assert refusal(dataset=None, data_dir=str(wheel_dir)) == \
-      ("dataset", None, f"the uea task needs one; found in {wheel_dir}: Toy")
+      ("dataset", None, f"required (the uea task needs one); found in {wheel_dir}: Toy")
   assert refusal(dataset="Half", data_dir=str(wheel_dir)) == \
       ("dataset", "Half", f"not in --data_dir={wheel_dir}; found there: Toy")
   member = f"{wheel_dir / 'sktime-9.9.9-py3-none-any.whl'} \\(sktime/datasets/data/Bad/Bad_TEST.ts"
@@ -165,7 +166,7 @@ def test_the_sktime_wheel_is_read_as_the_files_are(tmp_path):
 
 def test_bad_options_and_disagreeing_files_are_refused_in_one_line(tmp_path):
   option, value, allowed = refusal(dataset="Toy")
-  assert (option, value) == ("data_dir", None) and allowed.startswith("the uea task needs a folder")
+  assert (option, value) == ("data_dir", None) and allowed.startswith("required (the uea task needs a folder")
   assert refusal(dataset="../x", data_dir=str(tmp_path)) == \
       ("dataset", "../x", "a dataset name: letters, digits, _ and -")
   assert refusal(dataset="Toy", data_dir=str(tmp_path / "none")) == \
@@ -252,3 +253,34 @@ def test_the_archive_datasets_in_the_real_sktime_wheel(name, channels, shortest,
   assert (task.input_size, task.output_size, task.seq_len, task.held_out_size) == \
       (channels, classes, longest, sizes[1])
   assert sorted(set(train_part.labels.tolist())) == list(range(classes))
+
+
+def test_the_launcher_runs_it_named_by_its_dataset_and_refuses_what_it_cannot_read(tmp_path):
+  import json
+  from seqjax import experiment
+  from seqjax.settings import Settings
+  from task_helpers import refused
+  data_dir = write(tmp_path / "d")
+  options = {"dataset": "Toy", "data_dir": data_dir}
+  s = Settings(task="uea", task_options=options, model="rnn", hidden_size=4, batch_size=4,
+               num_steps=2, eval_every=2)
+  resolved = s.resolved()  # T is the data's: its longest series (6 steps, in the test file)
+  assert resolved.seq_len == 6 and resolved.workdir == "runs/uea-Toy-rnn-T6-s0"
+  assert Settings(task="uea", task_options=dict(options, eval_split="validation")).resolved() \
+      .workdir == "runs/uea-Toy-validation-rwa-T6-s0"
+  workdir = tmp_path / "run"
+  rows = experiment.run(dataclasses.replace(s, workdir=str(workdir)), log=lambda line: None)
+  config = json.loads((workdir / "config.json").read_text())
+  assert (config["dataset"], config["data_dir"], config["eval_split"], config["seq_len"]) == \
+      ("Toy", data_dir, "test", 6)
+  assert rows[str(workdir)][-1]["eval_accuracy"] * 3 in (0, 1, 2, 3)  # of the 3 test series
+  other = tmp_path / "other"  # refused(...) checks that nothing is written in other/run
+  assert refused(other, task="uea", data_dir=data_dir) == \
+      f"--dataset=None: required (the uea task needs one); found in {data_dir}: Toy"
+  assert refused(other, task="uea", dataset="Toy").startswith("--data_dir=None: required")
+  assert refused(other, task="uea", dataset="Nope", data_dir=data_dir) == \
+      f"--dataset=Nope: not in --data_dir={data_dir}; found there: Toy"
+  with pytest.raises(experiment.RunError, match="^--seq_len=9: the uea task's length is its "
+                     "data's longest series, 6$"):
+    experiment.run(dataclasses.replace(s, seq_len=9, workdir=str(tmp_path / "r9")))
+  assert not (tmp_path / "r9").exists()

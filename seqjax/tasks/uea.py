@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from seqjax.tasks._dataset import EVAL_SPLITS, check_eval_split, sequence_task
+from seqjax.tasks._dataset import EVAL_SPLIT, check_eval_split, sequence_task
 from seqjax.tasks.base import Option, OptionError
 
 SPLIT_SEED, VALIDATION_FRACTION = 0, 0.2
@@ -45,9 +45,7 @@ OPTIONS = (
            "NAME_TRAIN.ts and NAME_TEST.ts in --data_dir, or inside the sktime wheel there."),
     Option("data_dir", str, None, "Folder with NAME_TRAIN.ts and NAME_TEST.ts, or the sktime "
            "wheel (pip download --no-deps sktime -d DIR)."),
-    Option("eval_split", str, "test", "What is evaluated: test (train on the whole training "
-           "file; the archive's split) or validation (train on the training file less a fixed "
-           "fifth, evaluate on that).", choices=EVAL_SPLITS),
+    EVAL_SPLIT,  # test: the archive's split; validation: a fixed fifth of the training file
 )
 
 
@@ -267,13 +265,13 @@ def validation_split(num_series: int):
 def make(dataset: str = None, data_dir: str = None, eval_split: str = "test"):
   check_eval_split("uea", eval_split)
   if data_dir is None:
-    raise OptionError("data_dir", None, "the uea task needs a folder with NAME_TRAIN.ts and "
-                      "NAME_TEST.ts, or the sktime wheel (nothing is downloaded)")
+    raise OptionError("data_dir", None, "required (the uea task needs a folder with "
+                      "NAME_TRAIN.ts and NAME_TEST.ts, or the sktime wheel; nothing is downloaded)")
   if not os.path.isdir(data_dir):
     raise OptionError("data_dir", data_dir, "not a folder")
   if dataset is None:
     found = available(data_dir)
-    raise OptionError("dataset", None, f"the uea task needs one; found in {data_dir}: "
+    raise OptionError("dataset", None, f"required (the uea task needs one); found in {data_dir}: "
                       f"{', '.join(found) if found else 'none'}")
   if not re.fullmatch(NAME_PATTERN, dataset):
     raise OptionError("dataset", dataset, "a dataset name: letters, digits, _ and -")
