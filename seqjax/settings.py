@@ -67,7 +67,11 @@ class Settings:
                                           "(default: the task's, 1e-3).", float)
   learning_rates: Optional[tuple] = _field(None, "Several learning rates (distinct, > 0), trained "
                                            "at once with every seed: one program.", "floats")
-  clip_norm: float = _field(0.0, "Global-norm gradient clipping; 0 = off.", float)
+  clip_norm: Optional[float] = _field(None, "Global-norm gradient clipping; 0 = off (default: "
+                                      "the task's; 0 but for text).", float)
+  dropout: float = _field(0.0, "Dropout probability on the non-recurrent connections (each "
+                          "layer's input and the readout's input), fresh masks every step, "
+                          "training only; 0 = off.", float)
   optimizer: str = _field("adam", "optax optimizer (adam: the paper's).", str, train.OPTIMIZERS)
   weight_decay: float = _field(0.0, "Decoupled weight decay, --optimizer=adamw or lion.", float)
   momentum: float = _field(0.0, "Momentum in [0, 1), --optimizer=sgd or rmsprop; 0 = none.",
@@ -109,6 +113,9 @@ class Settings:
             if getattr(self, k) is None and not (k == "seq_len" and from_data)}
     declared = _resolving("task", self.task, lambda: tasks.options(self.task))
     fill["task_options"] = {**{o.name: o.default for o in declared}, **self.task_options}
+    if self.clip_norm is None:  # a task's DEFAULTS may hold one (text); else off
+      fill["clip_norm"] = _resolving("task", self.task,
+                                     lambda: tasks.defaults(self.task)).get("clip_norm", 0.0)
     if self.seed is None and self.seeds is None:
       fill["seed"] = 0
     if self.unroll is None:
@@ -309,6 +316,11 @@ def validate(s: Settings) -> tasks.Task:
   check_int("num_steps", s.num_steps, 0)
   check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
         "must be >= 0 (0 turns clipping off)")
+  check(_is_number(s.dropout) and 0 <= s.dropout < 1, "dropout", s.dropout,
+        "must be a number in [0, 1)")
+  check(not s.dropout or (s.readout == "linear"
+                          and s.task_options.get("feedback", "teacher") == "teacher"), "dropout",
+        s.dropout, "applies with --readout=linear and --feedback=teacher only")
   for one, many in (("seed", "seeds"), ("learning_rate", "learning_rates")):
     check(getattr(s, one) is None or getattr(s, many) is None, many, getattr(s, many),
           f"give --{one} or --{many}, not both")
@@ -340,6 +352,9 @@ def validate(s: Settings) -> tasks.Task:
   task = _make_task(s)
   check(not _length_from_data(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
         f"the {s.task} task's length is its data's longest series, {task.seq_len}")
+  if task.stream is not None:  # text: one window per stream in every split
+    _resolving(f"batch_size={s.batch_size} --seq_len", s.seq_len,
+               lambda: task.stream.windows(s.batch_size))
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:
@@ -459,5 +474,6 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
                           lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps,
                           decay_steps=s.decay_steps),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
+                      dropout=s.dropout,
                       # the series tasks' options are the training loop's
                       **{k: v for k, v in s.task_options.items() if k in SERIES})
