@@ -124,7 +124,9 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
       if backward is not None:
         d_prev, dpx, dph = backward.step(state, px, ph, d_state, dh)
       elif takes_params:
-        d_params_u, d_prev, dpx, dph = jax.vjp(update, params, state, px, ph)[1]((d_state, dh))
+        # a padded step's update reaches nothing, so its params get no gradient from it
+        d_out = d_state if active is None else zero_inactive(active, d_state)
+        d_params_u, d_prev, dpx, dph = jax.vjp(update, params, state, px, ph)[1]((d_out, dh))
         d_params_acc = jax.tree.map(jnp.add, d_params_acc, d_params_u)
       else:
         d_prev, dpx, dph = jax.vjp(update, state, px, ph)[1]((d_state, dh))

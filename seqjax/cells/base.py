@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _fused
+from seqjax.cells import _alike
 
 Params = Any  # a pytree of arrays: a dict for one cell, a tuple of dicts for a stack
 State = Any   # a NamedTuple of [*batch_shape, H] arrays, or a tuple of those for a stack
@@ -74,6 +75,11 @@ class Cell(NamedTuple):
   fast_loop: optional `FastLoop`: how `seqjax.scan` runs this `step` over time faster than
     step by step (cells written elsewhere leave it out; `cell._replace(step=...)` bypasses it).
   layers: a stack's cells, bottom first (empty for a single cell).
+
+  Cells built alike are equal and hash alike (`cells.lstm(4) == cells.lstm(4)`; stacks, registry
+  lookups and `fused_step` cells too): their functions come from the same code and close over
+  alike values (`seqjax.cells._alike`). So a function jitted with the cell as a static argument
+  compiles once for both. Cells that differ in any field (a replaced `step`) are unequal.
   """
   init: Callable[..., Params]
   initial_state: Callable[..., State]
@@ -82,6 +88,15 @@ class Cell(NamedTuple):
   hidden_size: int
   fast_loop: Optional[FastLoop] = None
   layers: tuple = ()
+
+  def __eq__(self, other):
+    return self is other or (isinstance(other, Cell) and _alike.alike(tuple(self), tuple(other)))
+
+  def __ne__(self, other):
+    return not self == other
+
+  def __hash__(self):
+    return _alike.cached_fingerprint(self)
 
 
 def hand_written_backward(cell: Cell) -> bool:
