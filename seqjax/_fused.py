@@ -16,10 +16,18 @@ per-step loop in float64.
 
 import jax
 import jax.numpy as jnp
-from jax._src import core as _jax_core
-from jax._src.interpreters import ad as _jax_ad
 
 from seqjax._timeloop import mask_inputs, select, zero_inactive
+
+# JAX's trace stack is private API, read only to name cells.autodiff_backward in forward mode's
+# error. Without it (moved or renamed in some JAX version) seqjax runs the same and forward mode
+# gives JAX's own error.
+try:
+  from jax._src import core as _jax_core
+  from jax._src.interpreters import ad as _jax_ad
+  _TRACE_STACK = (_jax_core.trace_ctx, _jax_ad.LinearizeTrace, _jax_ad.JVPTrace)
+except (ImportError, AttributeError):
+  _TRACE_STACK = None
 
 
 # Input width up to which the backward pass recomputes the input projection per step rather
@@ -37,12 +45,15 @@ def under_forward_mode() -> bool:
   supports). JAX's trace stack is private API: if it changes shape, this answers False and JAX's
   own error ("can't apply forward-mode autodiff (jvp) to a custom_vjp function") remains.
   """
+  if _TRACE_STACK is None:
+    return False
+  trace_ctx, linearize_trace, jvp_trace = _TRACE_STACK
   try:
-    trace = _jax_core.trace_ctx.trace
+    trace = trace_ctx.trace
     while trace is not None:
-      if isinstance(trace, _jax_ad.LinearizeTrace):
+      if isinstance(trace, linearize_trace):
         return False
-      if isinstance(trace, _jax_ad.JVPTrace):
+      if isinstance(trace, jvp_trace):
         # With direct linearize off, jax.grad itself runs a JVP trace: no telling them apart.
         return bool(jax.config.jax_use_direct_linearize)
       trace = getattr(trace, "parent_trace", None)
