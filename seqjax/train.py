@@ -38,9 +38,6 @@ class Config(NamedTuple):
   readout: str = "linear"  # models.READOUTS
 
 
-FEEDBACK_MODES = ("teacher", "free", "scheduled")
-
-
 def teacher_forcing(cfg: Config, step):
   """p, the probability of feeding the true previous value during training at `step`."""
   if cfg.feedback == "teacher":

@@ -20,9 +20,9 @@ import numpy as np
 from flax import serialization
 
 import seqjax
-from seqjax import checkpoint, plots, report, train
+from seqjax import checkpoint, plots, report, tasks, train
 from seqjax.report import read_json, read_jsonl, write_jsonl
-from seqjax.settings import RunError, Settings, train_config, validate
+from seqjax.settings import FIELDS, RunError, Settings, train_config, validate
 
 GROUP_CONFIG, GROUP_CHECKPOINT = "group.json", "group_checkpoint.msgpack"
 BEST_CHECKPOINT, BEST = "checkpoint_best.msgpack", "best.json"
@@ -65,9 +65,16 @@ def _saved_steps(path: str) -> np.ndarray:
 
 
 def _settings_from(saved: dict) -> Settings:
-  fields = {f.name for f in dataclasses.fields(Settings)}
-  return Settings(**{k: tuple(v) if isinstance(v, list) else v
-                     for k, v in saved.items() if k in fields})
+  """The Settings a config.json records: settings and task options at its top level (other keys,
+  the provenance, are left out)."""
+  saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+  task = saved.get("task", FIELDS["task"].default)
+  try:
+    names = {o.name for o in tasks.options(task)}
+  except ValueError as e:
+    raise RunError(f"--task={task}: {e}") from None
+  return Settings(task_options={k: v for k, v in saved.items() if k in names},
+                  **{k: v for k, v in saved.items() if k in FIELDS and k != "task_options"})
 
 
 @functools.lru_cache(maxsize=1)

@@ -4,19 +4,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
+from seqjax.tasks.base import Batch, Option, OptionError, Task, accuracy, softmax_cross_entropy
 
 PERMUTATION_SEED = 0
 # --eval_split: "test" (train on all training data, evaluate on the test split: the RWA paper's
 # protocol) or "validation" (train on the training data less a fixed validation part, and
 # evaluate on that; the test split is left untouched, for the end of a study)
 EVAL_SPLITS = ("test", "validation")
+PERMUTE = Option("permute", bool, False, "A fixed pixel permutation.")
+EVAL_SPLIT = Option("eval_split", str, "test", "What a dataset task is evaluated on: test (train "
+                    "on all its training data; the paper's protocol) or validation (train on the "
+                    "training data less a fixed validation part, evaluate on that).", EVAL_SPLITS)
 
 
 def check_eval_split(task: str, eval_split: str) -> str:
   if eval_split not in EVAL_SPLITS:
-    raise ValueError(f"the {task} task: eval_split must be one of {', '.join(EVAL_SPLITS)}, got "
-                     f"{eval_split!r}")
+    raise OptionError("eval_split", eval_split,
+                      f"must be one of {', '.join(EVAL_SPLITS)} for the {task} task")
   return eval_split
 
 

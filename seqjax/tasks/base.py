@@ -3,7 +3,7 @@
 A task knows no model: it sees only the model's outputs (logits or predicted values).
 """
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +11,27 @@ import jax.numpy as jnp
 # Whose data rules a task follows where the RWA paper's prose and the authors' code differ
 # (seq_length, reber): "paper" (the default) or "authors".
 DATA_RULES = ("paper", "authors")
+
+
+class Option(NamedTuple):
+  """An option a task's factory takes besides seq_len, as its module's `OPTIONS` declares it:
+  the launcher makes a flag of it (default None: not given), fills `default` where it is not
+  given, and checks `choices` / `minimum` before calling the factory."""
+  name: str
+  kind: type                      # int | float | str | bool
+  default: Any
+  help: str
+  choices: Optional[tuple] = None
+  minimum: Optional[float] = None
+
+
+class OptionError(ValueError):
+  """A task factory's bad option (seq_len included): `option`, the `value` given and what is
+  `allowed`, so a launcher can name its own flag without parsing the message."""
+
+  def __init__(self, option: str, value, allowed: str):
+    super().__init__(f"{option}={value!r}: {allowed}")
+    self.option, self.value, self.allowed = option, value, allowed
 
 
 class Batch(NamedTuple):
