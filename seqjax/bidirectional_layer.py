@@ -31,6 +31,16 @@ class Bidirectional(NamedTuple):
   cell_bwd: Cell
   num_layers: int
 
+  @property
+  def name(self) -> str:
+    return f"bi-{self.cell_fwd.name}" + ("" if self.cell_bwd == self.cell_fwd
+                                          else f"/{self.cell_bwd.name}")
+
+  @property
+  def hidden_size(self) -> int:
+    """The width of hs: H_fwd + H_bwd."""
+    return self.cell_fwd.hidden_size + self.cell_bwd.hidden_size
+
 
 def bidirectional(cell_fwd: Cell, cell_bwd: Cell = None, num_layers: int = 1) -> Bidirectional:
   """A bidirectional layer (stacked num_layers deep) of cell_fwd over time and cell_bwd against
