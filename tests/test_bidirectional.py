@@ -2,6 +2,8 @@
 float64, and torch itself when installed), round trips of their weights, and flax's
 nn.Bidirectional / nnx.Bidirectional over LinenRNN / NnxRNN."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,3 +159,46 @@ def test_linen_rnn_takes_nn_rnns_direction_arguments():
   time_major = rnn.apply(variables, jnp.swapaxes(xs, 0, 1), time_major=True, keep_order=True)
   np.testing.assert_allclose(jnp.swapaxes(time_major, 0, 1),
                              seqjax.scan(cell, params, xs, reverse=True)[1], rtol=1e-6)
+
+
+def test_models_read_a_bidirectional_per_step_and_at_the_last_step():
+  """Per step: the readout of each step's concatenated states; at the last step: the forward
+  state after the last valid step with the reverse state after step 0 (torch's h_n)."""
+  from seqjax import models
+  bi = seqjax.bidirectional(cells.gru(H), cells.lstm(5))
+  params = models.init(bi, jax.random.key(0), F, 2)
+  xs = jax.random.normal(jax.random.key(1), (B, T, F))
+  lengths = jnp.array(LENGTHS)
+  finals, hs = bi.apply(params["cell"], xs, lengths)
+  W, b = params["readout"]["W"], params["readout"]["b"]
+  np.testing.assert_allclose(models.apply(bi, params, xs, lengths), hs @ W + b[None, None], rtol=1e-6,
+                             atol=1e-6)
+  (s_f, s_b), = finals
+  last = jnp.concatenate([s_f.h, s_b.h], -1)  # length 0: both are the start state, 0
+  np.testing.assert_allclose(models.apply(bi, params, xs, lengths, per_step=False), last @ W + b[None],
+                             rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="linear readout only"):
+    models.init(bi, jax.random.key(0), F, 2, readout="attention")
+
+
+def test_launcher_bidirectional_where_the_answer_follows_the_whole_input(tmp_path):
+  from seqjax import experiment
+  from seqjax.settings import Settings, default_workdir
+  tiny = dict(model="gru", hidden_size=4, batch_size=4, num_steps=2, eval_every=2, eval_size=8)
+  for task, reason in [
+      ("adding", "refused on adding: its question is memory"),
+      ("trajectory", "refused on trajectory: the reverse direction would read the future"),
+      ("copy", "refused on copy: its question is memory")]:
+    with pytest.raises(experiment.RunError, match=f"^--bidirectional=True: {reason}"):
+      experiment.run(Settings(task=task, bidirectional=True, workdir=str(tmp_path / task),
+                              **tiny), log=lambda line: None)
+    assert not (tmp_path / task).exists()
+  with pytest.raises(experiment.RunError, match="takes --readout=linear only"):
+    experiment.run(Settings(task="reber", bidirectional=True, readout="attention",
+                            workdir=str(tmp_path / "a"), **tiny), log=lambda line: None)
+  s = Settings(task="binary_addition", bidirectional=True, seed=0, **tiny).resolved()
+  assert default_workdir(s).endswith("-gru-bi-T8-s0")
+  experiment.run(Settings(task="binary_addition", bidirectional=True,
+                          workdir=str(tmp_path / "ok"), **tiny), log=lambda line: None)
+  config = json.loads((tmp_path / "ok" / "config.json").read_text())
+  assert config["bidirectional"] is True
