@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _plugins, cells, models, tasks, train
+from seqjax.bidirectional_layer import bidirectional
 from seqjax.scanning import default_unroll
 from seqjax.tasks._series import SERIES_OPTIONS
 
@@ -37,6 +38,16 @@ ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
              "momentum": ("optimizer", ("sgd", "rmsprop")),
              "warmup_steps": ("lr_schedule", ("warmup_cosine",)),
              "decay_steps": ("lr_schedule", tuple(k for k in train.SCHEDULES if k != "constant"))}
+
+
+# --bidirectional: where every input is known before any output is due; refused elsewhere.
+BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "binary_addition")
+BIDIRECTIONAL_REFUSED = {
+    **{t: f"refused on {t}: the reverse direction would read the future inputs that reveal "
+          "the targets" for t in ("trajectory", "decay")},
+    **{t: f"refused on {t}: its question is memory, which reading the input backwards "
+          "sidesteps" for t in ("adding", "copy", "multi_copy")},
+}
 
 
 def _field(default, help, kind, choices=None):
@@ -95,6 +106,10 @@ class Settings:
   unroll: Optional[int] = _field(None, "Time steps per loop iteration (speed only; default: the "
                                  "backend's measured best).", int)
   remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
+  bidirectional: bool = _field(False, "Each layer reads the sequence forwards and backwards "
+                               "(outputs concatenated): for the tasks whose answer is due after "
+                               "the whole input (seq_length, reber, digits, mnist) and "
+                               "binary_addition.", bool)
   dtype: str = _field("float32", "Matmul operand precision; bfloat16 keeps params and state in "
                       "float32.", str, tuple(DTYPES))
   num_devices: Optional[int] = _field(None, "Devices per process (default: all local ones).", int)
@@ -222,6 +237,7 @@ def default_workdir(s: Settings) -> str:
   order += "".join(f"-{options[k]}" for k in ("data_rules", "eval_split")
                    if k in options and options[k] != defaults.get(k))
   attn = "-attn" if s.readout == "attention" else ""
+  attn += "-bi" if s.bidirectional else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
           f"-T{s.seq_len}{seed}")
@@ -345,6 +361,13 @@ def validate(s: Settings) -> tasks.Task:
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
+  if s.bidirectional:
+    check(s.task in BIDIRECTIONAL_TASKS, "bidirectional", True, BIDIRECTIONAL_REFUSED.get(
+        s.task, "only for the tasks whose answer is due after the whole input: "
+        + ", ".join(BIDIRECTIONAL_TASKS)))
+    check(s.readout == "linear", "bidirectional", True,
+          "takes --readout=linear only (the attention readout attends causally, over one "
+          "direction's states)")
   fixed = tasks.defaults(s.task).get("seq_len")
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
@@ -461,8 +484,12 @@ def _validate_recipe(s: Settings) -> None:
 def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
   """What the step functions close over (mesh: the `data` mesh splitting each batch, if any).
   A group has no one learning rate: each run's own goes into its optimizer state."""
-  cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
-                   dtype=DTYPES[s.dtype])
+  if s.bidirectional:  # torch's bidirectional=True, num_layers=k
+    cell = bidirectional(cells.get(s.model, hidden_size=s.hidden_size, dtype=DTYPES[s.dtype]),
+                         num_layers=s.num_layers)
+  else:
+    cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
+                     dtype=DTYPES[s.dtype])
   # A group's runs get their own rates in their optimizer states (workdir.Folders): the rate the
   # optimizer is built with is only that state's initial content. `s` has its rate(s) filled
   # (`with_learning_rate`).
