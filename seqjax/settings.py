@@ -41,10 +41,10 @@ ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
 
 
 # --bidirectional: where every input is known before any output is due; refused elsewhere.
-BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "binary_addition")
+BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "uea", "binary_addition")
 BIDIRECTIONAL_REFUSED = {
     **{t: f"refused on {t}: the reverse direction would read the future inputs that reveal "
-          "the targets" for t in ("trajectory", "decay")},
+          "the targets" for t in ("text", "trajectory", "decay")},
     **{t: f"refused on {t}: its question is memory, which reading the input backwards "
           "sidesteps" for t in ("adding", "copy", "multi_copy")},
 }
