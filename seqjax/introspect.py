@@ -169,9 +169,9 @@ def task_pictures(workdir, cfg, tcfg, params, held, few):
     written += ["accuracy_by_length.png", "accuracy_by_length.md"]
   if task.feedback_channel is not None:
     teacher = train.outputs(tcfg, params, few)[..., 0]
-    free = models.closed_loop(cell, params, few.xs, cfg.prefix_len, task.feedback_channel)[..., 0]
+    free = models.closed_loop(cell, params, few.xs, tcfg.prefix_len, task.feedback_channel)[..., 0]
     plots.series_predictions(np.asarray(few.ys), np.asarray(teacher), np.asarray(free),
-                             cfg.prefix_len, os.path.join(workdir, "series.png"),
+                             tcfg.prefix_len, os.path.join(workdir, "series.png"),
                              f"{cell.name} on {task.name}: next-value predictions")
     written.append("series.png")
   return [os.path.join(workdir, w) for w in written]

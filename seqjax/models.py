@@ -22,6 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from seqjax.bidirectional_layer import Bidirectional
 from seqjax.cells.base import Cell, bias
 from seqjax.scanning import _check_lengths, default_unroll, scan
 
@@ -33,8 +34,11 @@ READOUTS = ("linear", "attention")  # models.init's `readout` choices
 def init(cell: Cell, key, input_size: int, output_size: int, readout: str = "linear"):
   if readout not in READOUTS:
     raise ValueError(f"unknown readout {readout!r}; allowed: {', '.join(READOUTS)}")
+  if isinstance(cell, Bidirectional) and readout != "linear":
+    raise ValueError("models.init: a Bidirectional takes the linear readout only (the "
+                     "attention readout attends causally, over one direction's states)")
   kc, kr = jax.random.split(key)
-  H = cell.hidden_size
+  H = _width(cell)
   if readout == "linear":
     head = {"W": _readout_init(kr, (H, output_size), jnp.float32),
             "b": jnp.zeros((output_size,), jnp.float32)}
@@ -126,6 +130,28 @@ def _finish_last(params, y, lengths):
   return jnp.where((lengths > 0)[:, None], y, bias(params["readout"]["b"], y))
 
 
+def _width(cell) -> int:
+  """The size of the states the readout reads: a cell's H, a Bidirectional's H_fwd + H_bwd."""
+  if isinstance(cell, Bidirectional):
+    return cell.cell_fwd.hidden_size + cell.cell_bwd.hidden_size
+  return cell.hidden_size
+
+
+def _apply_bidirectional(bi, params, xs, lengths, per_step, unroll, remat):
+  """`apply` over a Bidirectional (linear readout): per step, each step's concatenated states;
+  at the last step, the forward direction's state after the last valid step with the reverse
+  direction's after step 0 (torch's h_n of the top layer)."""
+  if is_attention(params):
+    raise ValueError("models.apply: a Bidirectional takes the linear readout only (the "
+                     "attention readout attends causally, over one direction's states)")
+  _, hs = bi.apply(params["cell"], xs, lengths, unroll=unroll, remat=remat)
+  if per_step:
+    return readout(params, hs)
+  H = bi.cell_fwd.hidden_size
+  return readout(params, jnp.concatenate([_select_last(hs[..., :H], lengths), hs[..., 0, H:]],
+                                         axis=-1))
+
+
 def _select_last(hs, lengths):
   """hs [B, T, H] -> h at each sequence's last valid step [B, H] (0 for length 0)."""
   if lengths is None:
@@ -138,6 +164,10 @@ def _select_last(hs, lengths):
 def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=None, remat=False):
   """xs [B, T, F] -> outputs [B, T, O] (per_step) or [B, O] at each sequence's last valid step.
 
+  `cell` may be a `seqjax.Bidirectional` (`models.init` too; linear readout): its outputs are
+  read per step, or, at the last step, its forward state after the last valid step with its
+  reverse state after step 0.
+
   Takes either readout's params. A sequence of length 0 has no last step: its output is b (the
   readout of h = 0); so are the outputs at padded steps. The attention readout read per step
   costs O(T^2) per sequence ([B, T, T] scores); at the last step O(T).
@@ -149,6 +179,8 @@ def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=None, rema
   time twice (once for the query h, once for an online softmax over the keys); read per step it
   needs every key, so it keeps [B, T, H] (and [B, T, T]) whatever `remat` says.
   """
+  if isinstance(cell, Bidirectional):
+    return _apply_bidirectional(cell, params, xs, lengths, per_step, unroll, remat)
   attention = is_attention(params)
   if remat and xs.shape[-2] > 1 and not (attention and per_step):
     return _apply_streamed(cell, params, xs, lengths, per_step, attention, unroll)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _plugins, cells, models, tasks, train
+from seqjax.bidirectional_layer import bidirectional
 from seqjax.scanning import default_unroll
 from seqjax.tasks._series import SERIES_OPTIONS
 
@@ -29,7 +30,7 @@ TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
 # The recorded settings and task options that shape a run's data (the sequences it is trained
 # and evaluated on).
 DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split", "num_segments",
-                 "data_rules")
+                 "data_rules", "dataset")
 # Settings (or task options) that mean something only for some values of another:
 # name -> (that setting, values).
 ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
@@ -37,6 +38,16 @@ ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
              "momentum": ("optimizer", ("sgd", "rmsprop")),
              "warmup_steps": ("lr_schedule", ("warmup_cosine",)),
              "decay_steps": ("lr_schedule", tuple(k for k in train.SCHEDULES if k != "constant"))}
+
+
+# --bidirectional: where every input is known before any output is due; refused elsewhere.
+BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "uea", "binary_addition")
+BIDIRECTIONAL_REFUSED = {
+    **{t: f"refused on {t}: the reverse direction would read the future inputs that reveal "
+          "the targets" for t in ("text", "trajectory", "decay")},
+    **{t: f"refused on {t}: its question is memory, which reading the input backwards "
+          "sidesteps" for t in ("adding", "copy", "multi_copy")},
+}
 
 
 def _field(default, help, kind, choices=None):
@@ -95,6 +106,10 @@ class Settings:
   unroll: Optional[int] = _field(None, "Time steps per loop iteration (speed only; default: the "
                                  "backend's measured best).", int)
   remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
+  bidirectional: bool = _field(False, "Each layer reads the sequence forwards and backwards "
+                               "(outputs concatenated): for the tasks whose answer is due after "
+                               "the whole input (seq_length, reber, digits, mnist) and "
+                               "binary_addition.", bool)
   dtype: str = _field("float32", "Matmul operand precision; bfloat16 keeps params and state in "
                       "float32.", str, tuple(DTYPES))
   num_devices: Optional[int] = _field(None, "Devices per process (default: all local ones).", int)
@@ -108,7 +123,9 @@ class Settings:
   def resolved(self) -> "Settings":
     """Fills the task's defaults (the paper's settings, or the binary-addition article's), all
     but the learning rate (see `with_learning_rate`)."""
-    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS if getattr(self, k) is None}
+    from_data = _length_from_data(self.task)
+    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS
+            if getattr(self, k) is None and not (k == "seq_len" and from_data)}
     declared = _resolving("task", self.task, lambda: tasks.options(self.task))
     fill["task_options"] = {**{o.name: o.default for o in declared}, **self.task_options}
     if self.clip_norm is None:  # a task's DEFAULTS may hold one (text); else off
@@ -119,6 +136,9 @@ class Settings:
     if self.unroll is None:
       fill["unroll"] = default_unroll()
     out = dataclasses.replace(self, **fill)
+    if out.seq_len is None and from_data:  # the length of its data: the task, built, knows it
+      _check_task_options(out)
+      out = dataclasses.replace(out, seq_len=_make_task(out).seq_len)
     return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
 
   def with_learning_rate(self, recorded: Optional[dict] = None) -> "Settings":
@@ -196,6 +216,13 @@ def task_default(task: str, key: str):
   return defaults[key]
 
 
+def _length_from_data(task: str) -> bool:
+  """Whether a built-in task's sequence length is its data's (uea: the dataset's longest
+  series): its factory takes no seq_len and its DEFAULTS give none."""
+  return task in tasks.NAMES and not tasks.takes_seq_len(task) and \
+      "seq_len" not in tasks.DEFAULTS[task]
+
+
 def folder_name(name: str) -> str:
   """A model or task name as part of a folder name (MODULE:NAME -> MODULE-NAME)."""
   return name.replace(":", "-")
@@ -206,9 +233,11 @@ def default_workdir(s: Settings) -> str:
   options, defaults = s.task_options, {o.name: o.default for o in tasks.options(s.task)}
   order = f"-{options['bit_order']}" if s.task == "binary_addition" else ""
   order += f"-R{options['num_segments']}" if s.task == "multi_copy" else ""
+  order += f"-{options['dataset']}" if "dataset" in options else ""
   order += "".join(f"-{options[k]}" for k in ("data_rules", "eval_split")
                    if k in options and options[k] != defaults.get(k))
   attn = "-attn" if s.readout == "attention" else ""
+  attn += "-bi" if s.bidirectional else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
           f"-T{s.seq_len}{seed}")
@@ -279,6 +308,18 @@ def _check_task_options(s: Settings) -> None:
       check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
 
 
+def _make_task(s: Settings) -> tasks.Task:
+  """The task of `s`, a factory's complaint as a RunError."""
+  try:
+    return tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
+  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
+    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
+  except _plugins.PluginError as e:
+    raise RunError(f"--task={s.task}: {e}") from None
+  except ValueError as e:
+    raise RunError(str(e)) from None
+
+
 def validate(s: Settings) -> tasks.Task:
   """Checks every setting of resolved settings before any work; returns the task (which also
   checks its data)."""
@@ -320,18 +361,20 @@ def validate(s: Settings) -> tasks.Task:
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
+  if s.bidirectional:
+    check(s.task in BIDIRECTIONAL_TASKS, "bidirectional", True, BIDIRECTIONAL_REFUSED.get(
+        s.task, "only for the tasks whose answer is due after the whole input: "
+        + ", ".join(BIDIRECTIONAL_TASKS)))
+    check(s.readout == "linear", "bidirectional", True,
+          "takes --readout=linear only (the attention readout attends causally, over one "
+          "direction's states)")
   fixed = tasks.defaults(s.task).get("seq_len")
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
   _resolving("model", s.model, lambda: cells.factory(s.model))
-  try:
-    task = tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
-  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
-    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
-  except _plugins.PluginError as e:
-    raise RunError(f"--task={s.task}: {e}") from None
-  except ValueError as e:
-    raise RunError(str(e)) from None
+  task = _make_task(s)
+  check(not _length_from_data(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
+        f"the {s.task} task's length is its data's longest series, {task.seq_len}")
   if task.stream is not None:  # text: one window per stream in every split
     _resolving(f"batch_size={s.batch_size} --seq_len", s.seq_len,
                lambda: task.stream.windows(s.batch_size))
@@ -441,8 +484,12 @@ def _validate_recipe(s: Settings) -> None:
 def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
   """What the step functions close over (mesh: the `data` mesh splitting each batch, if any).
   A group has no one learning rate: each run's own goes into its optimizer state."""
-  cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
-                   dtype=DTYPES[s.dtype])
+  if s.bidirectional:  # torch's bidirectional=True, num_layers=k
+    cell = bidirectional(cells.get(s.model, hidden_size=s.hidden_size, dtype=DTYPES[s.dtype]),
+                         num_layers=s.num_layers)
+  else:
+    cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
+                     dtype=DTYPES[s.dtype])
   # A group's runs get their own rates in their optimizer states (workdir.Folders): the rate the
   # optimizer is built with is only that state's initial content. `s` has its rate(s) filled
   # (`with_learning_rate`).

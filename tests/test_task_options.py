@@ -115,6 +115,7 @@ def test_each_built_in_task_declares_its_options_and_none_is_a_general_setting()
                  "trajectory": ["prefix_len", "feedback", "teacher_forcing_decay_steps"],
                  "decay": ["prefix_len", "feedback", "teacher_forcing_decay_steps"],
                  "digits": ["permute", "eval_split"], "mnist": ["permute", "eval_split", "data_dir"],
+                 "uea": ["dataset", "data_dir", "eval_split"],
                  "text": ["corpus", "data_dir", "eval_split"]}
   for name in tasks.NAMES:
     for option in tasks.options(name):
