@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax import _plugins, cells, models, tasks, train
+from seqjax.bidirectional_layer import bidirectional
 from seqjax.scanning import default_unroll
 from seqjax.tasks._series import SERIES_OPTIONS
 
@@ -37,6 +38,16 @@ ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
              "momentum": ("optimizer", ("sgd", "rmsprop")),
              "warmup_steps": ("lr_schedule", ("warmup_cosine",)),
              "decay_steps": ("lr_schedule", tuple(k for k in train.SCHEDULES if k != "constant"))}
+
+
+# --bidirectional: where every input is known before any output is due; refused elsewhere.
+BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "uea", "binary_addition")
+BIDIRECTIONAL_REFUSED = {
+    **{t: f"refused on {t}: the reverse direction would read the future inputs that reveal "
+          "the targets" for t in ("text", "trajectory", "decay")},
+    **{t: f"refused on {t}: its question is memory, which reading the input backwards "
+          "sidesteps" for t in ("adding", "copy", "multi_copy")},
+}
 
 
 def _field(default, help, kind, choices=None):
@@ -67,7 +78,11 @@ class Settings:
                                           "(default: the task's, 1e-3).", float)
   learning_rates: Optional[tuple] = _field(None, "Several learning rates (distinct, > 0), trained "
                                            "at once with every seed: one program.", "floats")
-  clip_norm: float = _field(0.0, "Global-norm gradient clipping; 0 = off.", float)
+  clip_norm: Optional[float] = _field(None, "Global-norm gradient clipping; 0 = off (default: "
+                                      "the task's; 0 but for text).", float)
+  dropout: float = _field(0.0, "Dropout probability on the non-recurrent connections (each "
+                          "layer's input and the readout's input), fresh masks every step, "
+                          "training only; 0 = off.", float)
   optimizer: str = _field("adam", "optax optimizer (adam: the paper's).", str, train.OPTIMIZERS)
   weight_decay: float = _field(0.0, "Decoupled weight decay, --optimizer=adamw or lion.", float)
   momentum: float = _field(0.0, "Momentum in [0, 1), --optimizer=sgd or rmsprop; 0 = none.",
@@ -91,6 +106,10 @@ class Settings:
   unroll: Optional[int] = _field(None, "Time steps per loop iteration (speed only; default: the "
                                  "backend's measured best).", int)
   remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
+  bidirectional: bool = _field(False, "Each layer reads the sequence forwards and backwards "
+                               "(outputs concatenated): for the tasks whose answer is due after "
+                               "the whole input (seq_length, reber, digits, mnist) and "
+                               "binary_addition.", bool)
   dtype: str = _field("float32", "Matmul operand precision; bfloat16 keeps params and state in "
                       "float32.", str, tuple(DTYPES))
   num_devices: Optional[int] = _field(None, "Devices per process (default: all local ones).", int)
@@ -109,6 +128,9 @@ class Settings:
             if getattr(self, k) is None and not (k == "seq_len" and from_data)}
     declared = _resolving("task", self.task, lambda: tasks.options(self.task))
     fill["task_options"] = {**{o.name: o.default for o in declared}, **self.task_options}
+    if self.clip_norm is None:  # a task's DEFAULTS may hold one (text); else off
+      fill["clip_norm"] = _resolving("task", self.task,
+                                     lambda: tasks.defaults(self.task)).get("clip_norm", 0.0)
     if self.seed is None and self.seeds is None:
       fill["seed"] = 0
     if self.unroll is None:
@@ -215,6 +237,7 @@ def default_workdir(s: Settings) -> str:
   order += "".join(f"-{options[k]}" for k in ("data_rules", "eval_split")
                    if k in options and options[k] != defaults.get(k))
   attn = "-attn" if s.readout == "attention" else ""
+  attn += "-bi" if s.bidirectional else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
           f"-T{s.seq_len}{seed}")
@@ -309,6 +332,11 @@ def validate(s: Settings) -> tasks.Task:
   check_int("num_steps", s.num_steps, 0)
   check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
         "must be >= 0 (0 turns clipping off)")
+  check(_is_number(s.dropout) and 0 <= s.dropout < 1, "dropout", s.dropout,
+        "must be a number in [0, 1)")
+  check(not s.dropout or (s.readout == "linear"
+                          and s.task_options.get("feedback", "teacher") == "teacher"), "dropout",
+        s.dropout, "applies with --readout=linear and --feedback=teacher only")
   for one, many in (("seed", "seeds"), ("learning_rate", "learning_rates")):
     check(getattr(s, one) is None or getattr(s, many) is None, many, getattr(s, many),
           f"give --{one} or --{many}, not both")
@@ -333,6 +361,13 @@ def validate(s: Settings) -> tasks.Task:
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
+  if s.bidirectional:
+    check(s.task in BIDIRECTIONAL_TASKS, "bidirectional", True, BIDIRECTIONAL_REFUSED.get(
+        s.task, "only for the tasks whose answer is due after the whole input: "
+        + ", ".join(BIDIRECTIONAL_TASKS)))
+    check(s.readout == "linear", "bidirectional", True,
+          "takes --readout=linear only (the attention readout attends causally, over one "
+          "direction's states)")
   fixed = tasks.defaults(s.task).get("seq_len")
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
@@ -340,6 +375,9 @@ def validate(s: Settings) -> tasks.Task:
   task = _make_task(s)
   check(not _length_from_data(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
         f"the {s.task} task's length is its data's longest series, {task.seq_len}")
+  if task.stream is not None:  # text: one window per stream in every split
+    _resolving(f"batch_size={s.batch_size} --seq_len", s.seq_len,
+               lambda: task.stream.windows(s.batch_size))
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:
@@ -446,8 +484,12 @@ def _validate_recipe(s: Settings) -> None:
 def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
   """What the step functions close over (mesh: the `data` mesh splitting each batch, if any).
   A group has no one learning rate: each run's own goes into its optimizer state."""
-  cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
-                   dtype=DTYPES[s.dtype])
+  if s.bidirectional:  # torch's bidirectional=True, num_layers=k
+    cell = bidirectional(cells.get(s.model, hidden_size=s.hidden_size, dtype=DTYPES[s.dtype]),
+                         num_layers=s.num_layers)
+  else:
+    cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
+                     dtype=DTYPES[s.dtype])
   # A group's runs get their own rates in their optimizer states (workdir.Folders): the rate the
   # optimizer is built with is only that state's initial content. `s` has its rate(s) filled
   # (`with_learning_rate`).
@@ -459,5 +501,6 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
                           lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps,
                           decay_steps=s.decay_steps),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
+                      dropout=s.dropout,
                       # the series tasks' options are the training loop's
                       **{k: v for k, v in s.task_options.items() if k in SERIES})
