@@ -106,7 +106,8 @@ def _evaluated_every(configs) -> str:
 
 def task_label(config) -> str:
   """The task column: the task and the settings that change its data (only those recorded)."""
-  notes = [config["bit_order"] if config["task"] == "binary_addition" else None,
+  notes = [config.get("dataset"),
+           config["bit_order"] if config["task"] == "binary_addition" else None,
            config.get("corpus_kind"),
            f"R={config['num_segments']}" if "num_segments" in config else None,
            f"data_rules={config['data_rules']}" if config.get("data_rules", "paper") != "paper"
