@@ -27,7 +27,12 @@ def option_flag(name: str) -> tuple:
   shown = next(iter(defaults.values())) if len(set(map(repr, defaults.values()))) == 1 else \
       ", ".join(f"{v} ({task})" for task, v in defaults.items())
   shown = "" if shown is None else f" Default: {shown}."
-  help = f"{next(iter(declared.values())).help}{shown} Only for: {', '.join(declared)}."
+  helps = {}  # tasks declaring it with different help texts: each text with its tasks
+  for task, o in declared.items():
+    helps.setdefault(o.help, []).append(task)
+  text = next(iter(helps)) if len(helps) == 1 else \
+      " ".join(f"{', '.join(ts)}: {h}" for h, ts in helps.items())
+  help = f"{text}{shown} Only for: {', '.join(declared)}."
   return kinds.pop(), choices or None, help
 
 

@@ -193,6 +193,60 @@ def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=None, rema
   return readout(params, h_last)
 
 
+def dropout(key, x, rate: float):
+  """Inverted dropout: each entry of x zeroed with probability `rate`, the rest scaled by
+  1 / (1 - rate); x itself when rate is 0."""
+  if not rate:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def _scan_dropout(cell, params, xs, lengths, initial_state, rate, key, unroll, remat):
+  """(final_state, hs [*batch, T, H]): the cell over xs, dropout on each layer's input (a
+  stack: layer by layer, which equals stepping the whole stack); rate 0: `scan` itself."""
+  if not rate:
+    return scan(cell, params["cell"], xs, lengths=lengths, initial_state=initial_state,
+                unroll=unroll, remat=remat)
+  stacked = bool(cell.layers)
+  layers, layer_params = (cell.layers, params["cell"]) if stacked else ((cell,), (params["cell"],))
+  states = (initial_state if stacked else (initial_state,)) if initial_state is not None \
+      else (None,) * len(layers)
+  hs, finals = xs, []
+  for i, (c, p, s) in enumerate(zip(layers, layer_params, states)):
+    hs = dropout(jax.random.fold_in(key, i), hs, rate)
+    s, hs = scan(c, p, hs, lengths=lengths, initial_state=s, unroll=unroll, remat=remat)
+    finals.append(s)
+  return (tuple(finals) if stacked else finals[0]), hs
+
+
+def apply_dropout(cell: Cell, params, xs, lengths, per_step, rate: float, key, unroll=None,
+                  remat=False):
+  """`apply` (linear readout) with dropout of probability `rate` on the non-recurrent
+  connections: each layer's input and the readout's input, masks drawn from `key`."""
+  if is_attention(params):
+    raise ValueError("dropout takes the linear readout only")
+  _, hs = _scan_dropout(cell, params, xs, lengths, None, rate, key, unroll, remat)
+  k_out = jax.random.fold_in(key, len(cell.layers) or 1)
+  if per_step:
+    return readout(params, dropout(k_out, hs, rate))
+  return _finish_last(params, readout(params, dropout(k_out, _select_last(hs, lengths), rate)),
+                      lengths)
+
+
+def apply_from(cell: Cell, params, xs, initial_state, rate: float = 0.0, key=None, unroll=None,
+               remat=False):
+  """(final_state, outputs [*batch, T, O]): the linear readout at every step of the cell run
+  over xs [*batch, T, F] from `initial_state` (stateful models: text), with dropout of
+  probability `rate` (and its `key`) on each layer's input and the readout's input."""
+  if is_attention(params):
+    raise ValueError("a model run from a carried state takes the linear readout only")
+  final, hs = _scan_dropout(cell, params, xs, None, initial_state, rate, key, unroll, remat)
+  if rate:
+    hs = dropout(jax.random.fold_in(key, len(cell.layers) or 1), hs, rate)
+  return final, readout(params, hs)
+
+
 # Largest fan-out (chunks per chunk, and steps per innermost chunk) of the nested checkpointing.
 # Memory ~ levels * fan-out carries + one innermost chunk of stored steps; compute: one extra
 # forward pass per level. 64: one level (sqrt(T) chunks) up to T = 4096, two (T^(1/3)) up to

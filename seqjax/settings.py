@@ -30,7 +30,7 @@ TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
 # The recorded settings and task options that shape a run's data (the sequences it is trained
 # and evaluated on).
 DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split", "num_segments",
-                 "data_rules")
+                 "data_rules", "dataset")
 # Settings (or task options) that mean something only for some values of another:
 # name -> (that setting, values).
 ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
@@ -41,10 +41,10 @@ ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
 
 
 # --bidirectional: where every input is known before any output is due; refused elsewhere.
-BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "binary_addition")
+BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "uea", "binary_addition")
 BIDIRECTIONAL_REFUSED = {
     **{t: f"refused on {t}: the reverse direction would read the future inputs that reveal "
-          "the targets" for t in ("trajectory", "decay")},
+          "the targets" for t in ("text", "trajectory", "decay")},
     **{t: f"refused on {t}: its question is memory, which reading the input backwards "
           "sidesteps" for t in ("adding", "copy", "multi_copy")},
 }
@@ -78,7 +78,11 @@ class Settings:
                                           "(default: the task's, 1e-3).", float)
   learning_rates: Optional[tuple] = _field(None, "Several learning rates (distinct, > 0), trained "
                                            "at once with every seed: one program.", "floats")
-  clip_norm: float = _field(0.0, "Global-norm gradient clipping; 0 = off.", float)
+  clip_norm: Optional[float] = _field(None, "Global-norm gradient clipping; 0 = off (default: "
+                                      "the task's; 0 but for text).", float)
+  dropout: float = _field(0.0, "Dropout probability on the non-recurrent connections (each "
+                          "layer's input and the readout's input), fresh masks every step, "
+                          "training only; 0 = off.", float)
   optimizer: str = _field("adam", "optax optimizer (adam: the paper's).", str, train.OPTIMIZERS)
   weight_decay: float = _field(0.0, "Decoupled weight decay, --optimizer=adamw or lion.", float)
   momentum: float = _field(0.0, "Momentum in [0, 1), --optimizer=sgd or rmsprop; 0 = none.",
@@ -119,14 +123,22 @@ class Settings:
   def resolved(self) -> "Settings":
     """Fills the task's defaults (the paper's settings, or the binary-addition article's), all
     but the learning rate (see `with_learning_rate`)."""
-    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS if getattr(self, k) is None}
+    from_data = _length_from_data(self.task)
+    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS
+            if getattr(self, k) is None and not (k == "seq_len" and from_data)}
     declared = _resolving("task", self.task, lambda: tasks.options(self.task))
     fill["task_options"] = {**{o.name: o.default for o in declared}, **self.task_options}
+    if self.clip_norm is None:  # a task's DEFAULTS may hold one (text); else off
+      fill["clip_norm"] = _resolving("task", self.task,
+                                     lambda: tasks.defaults(self.task)).get("clip_norm", 0.0)
     if self.seed is None and self.seeds is None:
       fill["seed"] = 0
     if self.unroll is None:
       fill["unroll"] = default_unroll()
     out = dataclasses.replace(self, **fill)
+    if out.seq_len is None and from_data:  # the length of its data: the task, built, knows it
+      _check_task_options(out)
+      out = dataclasses.replace(out, seq_len=_make_task(out).seq_len)
     return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
 
   def with_learning_rate(self, recorded: Optional[dict] = None) -> "Settings":
@@ -204,6 +216,13 @@ def task_default(task: str, key: str):
   return defaults[key]
 
 
+def _length_from_data(task: str) -> bool:
+  """Whether a built-in task's sequence length is its data's (uea: the dataset's longest
+  series): its factory takes no seq_len and its DEFAULTS give none."""
+  return task in tasks.NAMES and not tasks.takes_seq_len(task) and \
+      "seq_len" not in tasks.DEFAULTS[task]
+
+
 def folder_name(name: str) -> str:
   """A model or task name as part of a folder name (MODULE:NAME -> MODULE-NAME)."""
   return name.replace(":", "-")
@@ -214,6 +233,7 @@ def default_workdir(s: Settings) -> str:
   options, defaults = s.task_options, {o.name: o.default for o in tasks.options(s.task)}
   order = f"-{options['bit_order']}" if s.task == "binary_addition" else ""
   order += f"-R{options['num_segments']}" if s.task == "multi_copy" else ""
+  order += f"-{options['dataset']}" if "dataset" in options else ""
   order += "".join(f"-{options[k]}" for k in ("data_rules", "eval_split")
                    if k in options and options[k] != defaults.get(k))
   attn = "-attn" if s.readout == "attention" else ""
@@ -288,6 +308,18 @@ def _check_task_options(s: Settings) -> None:
       check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
 
 
+def _make_task(s: Settings) -> tasks.Task:
+  """The task of `s`, a factory's complaint as a RunError."""
+  try:
+    return tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
+  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
+    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
+  except _plugins.PluginError as e:
+    raise RunError(f"--task={s.task}: {e}") from None
+  except ValueError as e:
+    raise RunError(str(e)) from None
+
+
 def validate(s: Settings) -> tasks.Task:
   """Checks every setting of resolved settings before any work; returns the task (which also
   checks its data)."""
@@ -300,6 +332,11 @@ def validate(s: Settings) -> tasks.Task:
   check_int("num_steps", s.num_steps, 0)
   check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
         "must be >= 0 (0 turns clipping off)")
+  check(_is_number(s.dropout) and 0 <= s.dropout < 1, "dropout", s.dropout,
+        "must be a number in [0, 1)")
+  check(not s.dropout or (s.readout == "linear"
+                          and s.task_options.get("feedback", "teacher") == "teacher"), "dropout",
+        s.dropout, "applies with --readout=linear and --feedback=teacher only")
   for one, many in (("seed", "seeds"), ("learning_rate", "learning_rates")):
     check(getattr(s, one) is None or getattr(s, many) is None, many, getattr(s, many),
           f"give --{one} or --{many}, not both")
@@ -335,14 +372,12 @@ def validate(s: Settings) -> tasks.Task:
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
   _resolving("model", s.model, lambda: cells.factory(s.model))
-  try:
-    task = tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
-  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
-    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
-  except _plugins.PluginError as e:
-    raise RunError(f"--task={s.task}: {e}") from None
-  except ValueError as e:
-    raise RunError(str(e)) from None
+  task = _make_task(s)
+  check(not _length_from_data(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
+        f"the {s.task} task's length is its data's longest series, {task.seq_len}")
+  if task.stream is not None:  # text: one window per stream in every split
+    _resolving(f"batch_size={s.batch_size} --seq_len", s.seq_len,
+               lambda: task.stream.windows(s.batch_size))
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:
@@ -466,5 +501,6 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
                           lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps,
                           decay_steps=s.decay_steps),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
+                      dropout=s.dropout,
                       # the series tasks' options are the training loop's
                       **{k: v for k, v in s.task_options.items() if k in SERIES})

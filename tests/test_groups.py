@@ -184,7 +184,7 @@ def _main(**overrides):
     (dict(task="adding", permute=True), "--permute=True: applies only to the digits, mnist tasks"),
     (dict(task="copy", bit_order="msb_first"),
      "--bit_order=msb_first: applies only to the binary_addition task"),
-    (dict(task="adding", data_dir="/tmp"), "--data_dir=/tmp: applies only to the mnist task"),
+    (dict(task="adding", data_dir="/tmp"), "--data_dir=/tmp: applies only to the mnist, uea tasks"),
     (dict(task="reber", feedback="free"),
      "--feedback=free: applies only to the trajectory, decay tasks"),
     (dict(task="adding", prefix_len=2), "--prefix_len=2: applies only to the trajectory, decay"),

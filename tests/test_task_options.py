@@ -114,7 +114,9 @@ def test_each_built_in_task_declares_its_options_and_none_is_a_general_setting()
                  "copy": [], "multi_copy": ["num_segments"], "reber": ["data_rules"],
                  "trajectory": ["prefix_len", "feedback", "teacher_forcing_decay_steps"],
                  "decay": ["prefix_len", "feedback", "teacher_forcing_decay_steps"],
-                 "digits": ["permute", "eval_split"], "mnist": ["permute", "eval_split", "data_dir"]}
+                 "digits": ["permute", "eval_split"], "mnist": ["permute", "eval_split", "data_dir"],
+                 "uea": ["dataset", "data_dir", "eval_split"],
+                 "text": ["corpus", "data_dir", "eval_split"]}
   for name in tasks.NAMES:
     for option in tasks.options(name):
       assert option.name not in FIELDS and option.kind in KINDS, (name, option)
@@ -183,7 +185,7 @@ def test_a_config_json_recorded_with_options_at_the_top_level_resumes(tmp_path):
   settings_keys = set(config) - {"seqjax_version", "jax_version", "git_commit", "argv", "backend",
                                  "num_processes"}
   assert settings_keys == {"model", "task", "seq_len", "bit_order", "hidden_size", "num_layers",
-                           "readout", "batch_size", "num_steps", "learning_rate", "clip_norm",
+                           "readout", "batch_size", "num_steps", "learning_rate", "clip_norm", "dropout",
                            "optimizer", "lr_schedule", "tensorboard", "seed", "eval_every",
                            "eval_size", "unroll", "remat", "dtype", "num_devices", "workdir"}
   s, _, _ = workdir.load(str(folder))

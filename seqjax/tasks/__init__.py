@@ -8,7 +8,7 @@ import inspect
 from seqjax import _plugins
 from seqjax.tasks.base import Batch, Option, OptionError, Task
 from seqjax.tasks import (adding, binary_addition, decay, digits, mnist, multi_copy, reber,
-                          seq_length, trajectory, variable_copy)
+                          seq_length, text, trajectory, uea, variable_copy)
 
 REGISTRY = {
     "binary_addition": binary_addition.make,
@@ -21,6 +21,8 @@ REGISTRY = {
     "decay": decay.make,
     "digits": digits.make,
     "mnist": mnist.make,
+    "uea": uea.make,
+    "text": text.make,
 }
 NAMES = tuple(REGISTRY)  # the built-in tasks
 SERIES = ("trajectory", "decay")  # tasks with a feedback_channel: next-value prediction
