@@ -108,7 +108,7 @@ class Settings:
   remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
   bidirectional: bool = _field(False, "Each layer reads the sequence forwards and backwards "
                                "(outputs concatenated): for the tasks whose answer is due after "
-                               "the whole input (seq_length, reber, digits, mnist) and "
+                               "the whole input (seq_length, reber, digits, mnist, uea) and "
                                "binary_addition.", bool)
   dtype: str = _field("float32", "Matmul operand precision; bfloat16 keeps params and state in "
                       "float32.", str, tuple(DTYPES))
@@ -368,6 +368,8 @@ def validate(s: Settings) -> tasks.Task:
     check(s.readout == "linear", "bidirectional", True,
           "takes --readout=linear only (the attention readout attends causally, over one "
           "direction's states)")
+    check(not s.dropout, "bidirectional", True,
+          "takes no --dropout (its dropout is written for one direction's stacked layers)")
   fixed = tasks.defaults(s.task).get("seq_len")
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
