@@ -253,18 +253,20 @@ def test_a_run_resumed_alone_keeps_its_rate_and_the_group_will_not_overwrite_it(
   np.testing.assert_allclose(saved["opt_state"]["hyperparams"]["learning_rate"], 0.001)
 
 
-def test_a_folder_that_never_checkpointed_may_be_reused_with_other_settings(tmp_path):
+def test_a_run_diverging_at_its_first_steps_keeps_its_step_0_checkpoint(tmp_path):
   s = dataclasses.replace(TINY, model="rnn", task="adding", seq_len=6, num_steps=4,
                           eval_every=100, workdir=str(tmp_path))
   with pytest.raises(experiment.RunError) as e:
     _run(s, learning_rate=1e30)
-  assert "no checkpoint yet" in str(e.value) and "last good checkpoint" not in str(e.value)
-  assert not (tmp_path / "checkpoint.msgpack").exists()
-  # no run to resume: other settings are fine, and the task's rate, not the diverged one
-  _run(s, clip_norm=1.0, num_steps=2, eval_every=2)
-  config = json.loads((tmp_path / "config.json").read_text())
-  assert config["clip_norm"] == 1.0 and config["learning_rate"] == 1e-3
-  assert [r["step"] for r in _rows(tmp_path)] == [2]
+  assert "the last good checkpoint (step 0, in" in str(e.value)
+  # what is left: the untrained model's evaluation and checkpoint, a run to resume
+  (row,) = _rows(tmp_path)
+  assert row["step"] == 0 and "train_loss" not in row
+  assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == 1e30
+  with pytest.raises(experiment.RunError, match="--clip_norm=0.0 there, --clip_norm=1.0 here"):
+    _run(s, clip_norm=1.0, learning_rate=1e-3)
+  _run(s, num_steps=2, eval_every=2, learning_rate=1e-3)  # goes on more gently from step 0
+  assert [r["step"] for r in _rows(tmp_path)] == [0, 2]
 
 
 @pytest.mark.parametrize("where", ["file", "under_a_file", "uncreatable"])
