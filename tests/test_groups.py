@@ -62,7 +62,7 @@ def test_a_groups_runs_equal_their_solo_runs(tmp_path):
     assert config["seed"] == seed and config["learning_rate"] == lr
     assert "seeds" not in config and "learning_rates" not in config
     assert {p.name for p in sub.iterdir()} == {p.name for p in solo.iterdir()}
-  assert len(_rows(group / "lr0.01-s1")) == 4  # 200 steps, an evaluation every 50
+  assert len(_rows(group / "lr0.01-s1")) == 5  # step 0, then 200 steps evaluated every 50
   assert (group / "curves.png").read_bytes()[:4] == b"\x89PNG"
   table = (group / "results.md").read_text().splitlines()
   assert len(table) == 2 + 4 + 1 + 2 + 2 and table[2].startswith("| lr0.001-s0 | lstm |")
@@ -79,7 +79,7 @@ def test_a_resumed_group_ends_where_an_uninterrupted_one_does(tmp_path):
   _run(s, num_steps=9, workdir=str(tmp_path / "split"))
   for sub in ("s3", "s5"):
     split, whole = _rows(tmp_path / "split" / sub), _rows(tmp_path / "whole" / sub)
-    assert [r["step"] for r in split] == [3, 5, 6, 9]
+    assert [r["step"] for r in split] == [0, 3, 5, 6, 9]
     assert split[-1]["eval_loss"] == whole[-1]["eval_loss"]
     assert (tmp_path / "split" / sub / "checkpoint.msgpack").read_bytes() == \
         (tmp_path / "whole" / sub / "checkpoint.msgpack").read_bytes()
@@ -104,16 +104,18 @@ def test_a_diverging_run_freezes_alone(tmp_path):
   s = dataclasses.replace(TINY, model="rnn", task="adding", seq_len=6, num_steps=8, eval_every=2)
   with pytest.raises(experiment.Diverged) as e:
     _run(s, seeds=(0,), learning_rates=(1e-3, 1e19), workdir=str(tmp_path / "group"))
-  # the same run alone stops at the same step, and keeps no checkpoint either
+  # the same run alone stops at the same step, and keeps its step-0 checkpoint too
   with pytest.raises(experiment.RunError) as solo_error:
     _run(s, seed=0, learning_rate=1e19, workdir=str(tmp_path / "solo"))
   at = int(str(solo_error.value).split(" at step ")[1].split(";")[0])
   assert "loss is inf" in str(solo_error.value) and at == 2
   assert f"lr1e+19-s0 at step {at}" in str(e.value) and "1 of 2 runs diverged" in str(e.value)
   bad = tmp_path / "group" / "lr1e+19-s0"
-  assert _rows(bad) == [{"step": at, "diverged_at_step": at}]
-  assert not (bad / "checkpoint.msgpack").exists()  # never written after it diverged
-  assert not (tmp_path / "solo" / "checkpoint.msgpack").exists()
+  assert _rows(bad)[1:] == [{"step": at, "diverged_at_step": at}]
+  assert _rows(bad)[0]["step"] == 0
+  for folder in (bad, tmp_path / "solo"):  # the untrained model's, never written after it
+    saved = serialization.msgpack_restore((folder / "checkpoint.msgpack").read_bytes())
+    assert saved["step"] == 0
   _run(s, seed=0, learning_rate=1e-3, workdir=str(tmp_path / "good"))
   _assert_same_rows(_rows(tmp_path / "group" / "lr0.001-s0"), _rows(tmp_path / "good"))
   assert "lr1e+19-s0 (diverged at step 2)" in (tmp_path / "group" / "results.md").read_text()
@@ -126,7 +128,7 @@ def test_a_diverging_run_freezes_alone(tmp_path):
   with pytest.raises(experiment.Diverged):
     _run(s, seeds=(0,), learning_rates=(1e-3, 1e19), num_steps=10,
          workdir=str(tmp_path / "group"))
-  assert _rows(bad) == [{"step": at, "diverged_at_step": at}]
+  assert _rows(bad)[1:] == [{"step": at, "diverged_at_step": at}]
   _run(s, seed=0, learning_rate=1e-3, num_steps=10, workdir=str(tmp_path / "good"))
   _assert_same_rows(_rows(tmp_path / "group" / "lr0.001-s0"), _rows(tmp_path / "good"))
 
@@ -294,9 +296,10 @@ def test_a_run_diverged_at_evaluation_is_frozen_on_the_device_too(tmp_path, monk
   monkeypatch.setattr(train, "make_group_evaluate", run_1_eval_is_nan)
   with pytest.raises(experiment.Diverged) as e:
     _run(TINY, seeds=(0, 1), num_steps=4, eval_every=2, workdir=str(tmp_path))
-  assert "s1 at step 2" in str(e.value)
+  # its evaluation is NaN from the first one on, the untrained model's (step 0)
+  assert "s1 at step 0" in str(e.value)
   group = serialization.msgpack_restore((tmp_path / "group_checkpoint.msgpack").read_bytes())
-  assert list(group["alive"]) == [True, False] and list(group["runs"]["step"]) == [4, 2]
+  assert list(group["alive"]) == [True, False] and list(group["runs"]["step"]) == [4, 0]
 
 
 def _finite(tree):
