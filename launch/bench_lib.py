@@ -44,13 +44,36 @@ def _adam_step(tx, loss_of_params):
   return train_step
 
 
-def seqjax_fns(cell, xs, remat=False, unroll=1):
+# seqjax.scan's options that --scan_variants times against the plain forward scan, on the same
+# inputs: lengths uniform in [T/2, T], resets at 1% of the steps (fixed draws).
+SCAN_VARIANTS = ("reverse", "resets", "lengths", "reverse+lengths")
+
+
+def scan_variant_kwargs(variant, xs, seed=2):
+  """seqjax.scan keyword arguments of a SCAN_VARIANTS entry for inputs xs [B, T, F]."""
+  B, T = xs.shape[:2]
+  kl, kr = jax.random.split(jax.random.key(seed))
+  kw = {}
+  for part in variant.split("+"):
+    if part == "reverse":
+      kw["reverse"] = True
+    elif part == "resets":
+      kw["resets"] = jax.random.bernoulli(kr, 0.01, (B, T))
+    elif part == "lengths":
+      kw["lengths"] = jax.random.randint(kl, (B,), T // 2, T + 1)
+    else:
+      raise ValueError(f"scan variant {variant!r}: parts from reverse, resets, lengths")
+  return kw
+
+
+def seqjax_fns(cell, xs, remat=False, unroll=1, scan_kwargs=None):
   params = models.init(cell, jax.random.key(0), xs.shape[-1], 1)
   tx = optax.adam(1e-3)
+  scan_kwargs = scan_kwargs or {}
 
   def infer(params, xs):
     return models.readout(params, seqjax.scan(cell, params["cell"], xs, unroll=unroll,
-                                              remat=remat)[1])
+                                              remat=remat, **scan_kwargs)[1])
 
   step = _adam_step(tx, lambda p, xs: _loss(infer(p, xs)))
   return (params, tx.init(params)), jax.jit(step, donate_argnums=0), jax.jit(infer)
@@ -152,7 +175,7 @@ def _jax_contender(label, fns, box, xs):
 
 
 def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",), versus=(),
-               autodiff_row=False, anchors=ANCHORS, seed=1):
+               autodiff_row=False, anchors=ANCHORS, seed=1, scan_variants=()):
   """The contenders of one configuration, seqjax's first variant first; returns (contenders,
   notes: why an asked-for row is absent or is another row, versions)."""
   xs = jax.random.normal(jax.random.key(seed), (B, T, F), jnp.float32)
@@ -164,22 +187,25 @@ def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",
     return cells.get(cell_name, hidden_size=H, num_layers=layers,
                      dtype=None if dtype == "float32" else jnp.bfloat16)
 
-  variants = []  # (label, cell, unroll)
+  variants = []  # (label, cell, unroll, scan keyword arguments)
   for dtype in dtypes:
     tag = "" if dtype == "float32" else f" {dtype}"
     for n in num_layers:
       cell = get(name, n, dtype)
       for u in unrolls:
         variants.append((f"seqjax {cell.name}" + (f" unroll={u}" if len(unrolls) > 1 else "")
-                         + tag, cell, u))
+                         + tag, cell, u, {}))
     for other in versus:
       vcell = get(other, num_layers[0], dtype)
-      variants.append((f"seqjax {vcell.name}{tag}", vcell, unrolls[0]))
+      variants.append((f"seqjax {vcell.name}{tag}", vcell, unrolls[0], {}))
+  label, cell, u, _ = variants[0]
   if autodiff_row:
-    label, cell, u = variants[0]
-    variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u))
-  for label, cell, unroll in variants:
-    out.append(_jax_contender(label, seqjax_fns(cell, xs, unroll=unroll), box, xs))
+    variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u, {}))
+  for variant in scan_variants:
+    variants.append((f"{label} {variant}", cell, u, scan_variant_kwargs(variant, xs)))
+  for label, cell, unroll, kw in variants:
+    out.append(_jax_contender(label, seqjax_fns(cell, xs, unroll=unroll, scan_kwargs=kw), box,
+                              xs))
   gpu = jax.default_backend() == "gpu"
   if "flax" in anchors:
     if name in FLAX_CELLS:

@@ -54,6 +54,13 @@ VERSUS = flags.DEFINE_list(
     "--cell=min_rwa --versus=rwa (their ratio column: their time / --cell's).")
 flags.register_validator("versus", lambda names: all(n in cells.NAMES for n in names),
                          f"--versus: a list of cell names from {', '.join(cells.NAMES)}")
+SCAN_VARIANTS = flags.DEFINE_list(
+    "scan_variants", [], "Also time seqjax's first cell with these seqjax.scan options, in the "
+    f"same process (from {', '.join(bench_lib.SCAN_VARIANTS)}; lengths uniform in [T/2, T], "
+    "resets at 1% of the steps), e.g. reverse,resets against the plain forward scan.")
+flags.register_validator("scan_variants",
+                         lambda names: all(n in bench_lib.SCAN_VARIANTS for n in names),
+                         f"--scan_variants: a list from {', '.join(bench_lib.SCAN_VARIANTS)}")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per row (median reported).")
 UNROLL = flags.DEFINE_list("unroll", [], "seqjax scan unroll values to time, e.g. 1,4,8 "
                            "(default: seqjax.scan's measured best for the backend).")
@@ -103,7 +110,7 @@ def main(argv):
   contenders, notes, versions = bench_lib.contenders(
       name, B, T, F, H, unrolls=unrolls, num_layers=[int(n) for n in NUM_LAYERS.value],
       dtypes=(DTYPE.value,), versus=VERSUS.value, autodiff_row=AUTODIFF_ROW.value,
-      anchors=ANCHORS.value)
+      anchors=ANCHORS.value, scan_variants=SCAN_VARIANTS.value)
   for note in notes:
     print(f"note: {note}", file=sys.stderr)
   results = bench_lib.time_rows(contenders, REPEATS.value, B * T)

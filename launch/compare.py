@@ -69,8 +69,11 @@ def configurations():
     label += f" {order}" if len(orders) > 1 else ""
     label += f" {readout}" if len(readouts) > 1 else ""
     folder = os.path.join(root, folder_name(label.replace(" ", "-")))
-    group = dataclasses.replace(base, model=model, num_layers=n, bit_order=order, readout=readout,
-                                workdir=folder).resolved()
+    # --bit_orders given, or a task taking bit_order: each group's own (refused where not taken)
+    options = dict(base.task_options, bit_order=order) if BIT_ORDERS.present or \
+        "bit_order" in base.task_options else base.task_options
+    group = dataclasses.replace(base, model=model, num_layers=n, task_options=options,
+                                readout=readout, workdir=folder).resolved()
     task = experiment.validate(group)
     groups.append((label, group))
   return root, groups, experiment.main_metric(task)

@@ -1,30 +1,59 @@
 """The flags of launch.main and launch.compare (flags live only in launch/), built from the fields
-of `seqjax.settings.Settings`, so every default, help text and list of allowed values is written
-once, there."""
+of `seqjax.settings.Settings` and the options the built-in tasks declare (`tasks.BUILTIN_OPTIONS`),
+so every default, help text and list of allowed values is written once, there."""
 
 import sys
 
 from absl import flags
 
+from seqjax import tasks
 from seqjax.settings import FIELDS, RunError, Settings, check, check_int
 
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
            bool: flags.DEFINE_boolean, "ints": flags.DEFINE_list, "floats": flags.DEFINE_list}
 HOLDERS = {}  # setting name -> its FlagHolder
+TASK_HOLDERS = {}  # task option name -> its FlagHolder (default None: not given)
+
+
+def option_flag(name: str) -> tuple:
+  """(kind, allowed values or None, help) of the flag of task option `name`: one flag for every
+  built-in task declaring it (they must agree on its kind)."""
+  declared = tasks.BUILTIN_OPTIONS[name]
+  kinds = {o.kind for o in declared.values()}
+  if len(kinds) > 1:
+    raise TypeError(f"the tasks {', '.join(declared)} declare option {name} with different kinds")
+  choices = tuple(dict.fromkeys(c for o in declared.values() for c in o.choices or ()))
+  defaults = {task: o.default for task, o in declared.items()}
+  shown = next(iter(defaults.values())) if len(set(map(repr, defaults.values()))) == 1 else \
+      ", ".join(f"{v} ({task})" for task, v in defaults.items())
+  shown = "" if shown is None else f" Default: {shown}."
+  helps = {}  # tasks declaring it with different help texts: each text with its tasks
+  for task, o in declared.items():
+    helps.setdefault(o.help, []).append(task)
+  text = next(iter(helps)) if len(helps) == 1 else \
+      " ".join(f"{', '.join(ts)}: {h}" for h, ts in helps.items())
+  help = f"{text}{shown} Only for: {', '.join(declared)}."
+  return kinds.pop(), choices or None, help
 
 
 def define_settings(skip=()) -> None:
-  """One flag per setting (an enum where the setting has allowed values); `skip`: settings a
-  program takes in another form (launch.compare: lists of models, layers, ...)."""
+  """One flag per setting and per option a built-in task declares (an enum where there are
+  allowed values); `skip`: those a program takes in another form (launch.compare: lists of
+  models, layers, ...)."""
   for name, field in FIELDS.items():
-    if name in skip:
+    if name in skip or name == "task_options":
       continue
     meta = field.metadata
-    help = meta["help"] + (f" Only for: {', '.join(meta['tasks'])}." if meta["tasks"] else "")
     if meta["choices"] is not None:
-      HOLDERS[name] = flags.DEFINE_enum(name, field.default, list(meta["choices"]), help)
+      HOLDERS[name] = flags.DEFINE_enum(name, field.default, list(meta["choices"]), meta["help"])
     else:
-      HOLDERS[name] = _DEFINE[meta["kind"]](name, field.default, help)
+      HOLDERS[name] = _DEFINE[meta["kind"]](name, field.default, meta["help"])
+  for name in tasks.BUILTIN_OPTIONS:
+    if name in skip:
+      continue
+    kind, choices, help = option_flag(name)
+    TASK_HOLDERS[name] = flags.DEFINE_enum(name, None, list(choices), help) if choices else \
+        _DEFINE[kind](name, None, help)
 
 
 def parse_list(flag: str, values, kind=str, choices=None, minimum=None) -> tuple:
@@ -53,7 +82,9 @@ def settings() -> Settings:
     if kind in ("ints", "floats") and value is not None:
       value = parse_list(name, value, int if kind == "ints" else float)
     values[name] = value
-  return Settings(**values).resolved()
+  # a task option given is refused for a task that does not take it, even at its default value
+  options = {name: h.value for name, h in TASK_HOLDERS.items() if h.value is not None}
+  return Settings(task_options=options, **values).resolved()
 
 
 DISTRIBUTED = flags.DEFINE_boolean("distributed", False,

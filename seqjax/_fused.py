@@ -16,10 +16,18 @@ per-step loop in float64.
 
 import jax
 import jax.numpy as jnp
-from jax._src import core as _jax_core
-from jax._src.interpreters import ad as _jax_ad
 
 from seqjax._timeloop import mask_inputs, select, zero_inactive
+
+# JAX's trace stack is private API, read only to name cells.autodiff_backward in forward mode's
+# error. Without it (moved or renamed in some JAX version) seqjax runs the same and forward mode
+# gives JAX's own error.
+try:
+  from jax._src import core as _jax_core
+  from jax._src.interpreters import ad as _jax_ad
+  _TRACE_STACK = (_jax_core.trace_ctx, _jax_ad.LinearizeTrace, _jax_ad.JVPTrace)
+except (ImportError, AttributeError):
+  _TRACE_STACK = None
 
 
 # Input width up to which the backward pass recomputes the input projection per step rather
@@ -37,12 +45,15 @@ def under_forward_mode() -> bool:
   supports). JAX's trace stack is private API: if it changes shape, this answers False and JAX's
   own error ("can't apply forward-mode autodiff (jvp) to a custom_vjp function") remains.
   """
+  if _TRACE_STACK is None:
+    return False
+  trace_ctx, linearize_trace, jvp_trace = _TRACE_STACK
   try:
-    trace = _jax_core.trace_ctx.trace
+    trace = trace_ctx.trace
     while trace is not None:
-      if isinstance(trace, _jax_ad.LinearizeTrace):
+      if isinstance(trace, linearize_trace):
         return False
-      if isinstance(trace, _jax_ad.JVPTrace):
+      if isinstance(trace, jvp_trace):
         # With direct linearize off, jax.grad itself runs a JVP trace: no telling them apart.
         return bool(jax.config.jax_use_direct_linearize)
       trace = getattr(trace, "parent_trace", None)
@@ -58,80 +69,98 @@ def _rows(tree):
 
 def fused_run(parts):
   """The `FastLoop.run` of a cell declared by its `LoopParts`."""
-  def run(params, xs_T, state0, active_T, unroll):
+  def run(params, xs_T, state0, active_T, unroll, resets=None):
     scan_fn = make_fused_scan(parts, unroll, store_input_projection=xs_T.shape[-1] > NARROW_INPUT)
-    return scan_fn(params, xs_T, state0, active_T)
+    at_T, reset_state = (None, None) if resets is None else resets
+    return scan_fn(params, xs_T, state0, active_T, at_T, reset_state)
   return run
 
 
 def make_fused_scan(parts, unroll: int, store_input_projection: bool):
-  """Returns scan_fn(params, xs_T, state0, active_T) -> (final_state, hs_T).
+  """Returns scan_fn(params, xs_T, state0, active_T, at_T, reset_state) -> (final_state, hs_T).
 
   xs_T: [T, *batch, F] (time-major); active_T: None or bool [T, *batch] (False = padding: the
-  state is carried unchanged, the output is 0, the input reaches nothing).
+  state is carried unchanged, the output is 0, the input reaches nothing); at_T: None or bool
+  [T, *batch], the steps before which the state is reset_state (False at padded steps).
   store_input_projection: keep px for the backward pass and take the input-side gradients after
   the loop too (wide inputs), or recompute px and accumulate them in the loop (narrow inputs,
   where a [T, B, K] buffer costs more memory traffic than the small products it saves).
   """
-  project_x, project_h, update, backward = parts
+  project_x, project_h, update, takes_params, backward = parts
+  update_p = update if takes_params else (lambda params, state, px, ph: update(state, px, ph))
+  leave = (lambda state, d: d) if backward is None else backward.leave
 
   def step(params, state, x_t, active):
     px, ph = project_x(params, x_t), project_h(params, state.h)
-    new_state, h = update(state, px, ph)
+    new_state, h = update_p(params, state, px, ph)
     if active is not None:
       new_state, h = select(active, new_state, state), zero_inactive(active, h)
     return new_state, h, px, ph
 
-  def forward(params, xs_T, state0, active_T, keep):
+  def forward(params, xs_T, state0, active_T, at_T, reset_state, keep):
     def body(state, inp):
-      x_t, active = inp
+      x_t, active, at = inp
+      if at is not None:
+        state = select(at, reset_state, state)
       new_state, h, px, ph = step(params, state, x_t, active)
       return new_state, (h, keep(state, px, ph))
-    return jax.lax.scan(body, state0, (mask_inputs(active_T, xs_T), active_T), unroll=unroll)
+    return jax.lax.scan(body, state0, (mask_inputs(active_T, xs_T), active_T, at_T),
+                        unroll=unroll)
 
   @jax.custom_vjp
-  def scan_fn(params, xs_T, state0, active_T):
-    final, (hs_T, _) = forward(params, xs_T, state0, active_T, lambda *_: ())
+  def scan_fn(params, xs_T, state0, active_T, at_T, reset_state):
+    final, (hs_T, _) = forward(params, xs_T, state0, active_T, at_T, reset_state,
+                               lambda *_: ())
     return final, hs_T
 
-  def fwd(params, xs_T, state0, active_T):
+  def fwd(params, xs_T, state0, active_T, at_T, reset_state):
     keep = ((lambda state, px, ph: (state, ph, px)) if store_input_projection
             else (lambda state, px, ph: (state, ph)))
-    final, (hs_T, residuals) = forward(params, xs_T, state0, active_T, keep)
-    return (final, hs_T), (params, xs_T, active_T, residuals, state0, final)
+    final, (hs_T, residuals) = forward(params, xs_T, state0, active_T, at_T, reset_state, keep)
+    return (final, hs_T), (params, xs_T, active_T, at_T, residuals, state0, final, reset_state)
 
   def bwd(saved, cotangents):
-    params, xs_T, active_T, residuals, state0, final = saved
+    params, xs_T, active_T, at_T, residuals, state0, final, reset_state = saved
     d_final, dhs_T = cotangents
     xs_in = mask_inputs(active_T, xs_T)
     if backward is not None:
       d_final = backward.enter(final, d_final)
 
     def body(carry, inp):
-      d_state, d_params_acc = carry
-      (state, ph, *px), x_t, dh, active = inp
+      d_state, d_params_acc, d_reset_acc = carry
+      (state, ph, *px), x_t, dh, active, at = inp
       px = px[0] if px else project_x(params, x_t)
       if active is not None:
         dh = zero_inactive(active, dh)
-      if backward is None:
-        d_prev, dpx, dph = jax.vjp(update, state, px, ph)[1]((d_state, dh))
-      else:
+      if backward is not None:
         d_prev, dpx, dph = backward.step(state, px, ph, d_state, dh)
+      elif takes_params:
+        # a padded step's update reaches nothing, so its params get no gradient from it
+        d_out = d_state if active is None else zero_inactive(active, d_state)
+        d_params_u, d_prev, dpx, dph = jax.vjp(update, params, state, px, ph)[1]((d_out, dh))
+        d_params_acc = jax.tree.map(jnp.add, d_params_acc, d_params_u)
+      else:
+        d_prev, dpx, dph = jax.vjp(update, state, px, ph)[1]((d_state, dh))
       _, h_vjp = jax.vjp(lambda h: project_h(params, h), state.h)
       d_prev = d_prev._replace(h=d_prev.h + h_vjp(dph)[0])
       if active is not None:
         d_prev = select(active, d_prev, d_state)
         dpx, dph = zero_inactive(active, (dpx, dph))
+      if at is not None:
+        # a reset step's state came from reset_state, not from the step before
+        d_reset_acc = jax.tree.map(jnp.add, d_reset_acc, zero_inactive(at, leave(state, d_prev)))
+        d_prev = zero_inactive(~at, d_prev)
       if store_input_projection:
-        return (d_prev, d_params_acc), (dpx, dph)
+        return (d_prev, d_params_acc, d_reset_acc), (dpx, dph)
       _, x_vjp = jax.vjp(project_x, params, x_t)
       d_params_x, dx = x_vjp(dpx)
-      return (d_prev, jax.tree.map(jnp.add, d_params_acc, d_params_x)), (dx, dph)
+      return (d_prev, jax.tree.map(jnp.add, d_params_acc, d_params_x), d_reset_acc), (dx, dph)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
-    (d_state0, d_params), (d_in_T, dphs_T) = jax.lax.scan(
-        body, (d_final, zeros), (residuals, xs_in, dhs_T, active_T), reverse=True,
-        unroll=unroll)
+    reset_zeros = None if at_T is None else jax.tree.map(jnp.zeros_like, reset_state)
+    (d_state0, d_params, d_reset), (d_in_T, dphs_T) = jax.lax.scan(
+        body, (d_final, zeros, reset_zeros), (residuals, xs_in, dhs_T, active_T, at_T),
+        reverse=True, unroll=unroll)
     # All steps as one [T*B, .] matrix: XLA's CPU dot is ~2x faster on that than on [T, B, .]
     # contracted over two axes.
     _, hp_vjp = jax.vjp(lambda p: project_h(p, _rows(residuals[0].h)), params)
@@ -145,9 +174,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
       d_xs = d_in_T
     if active_T is not None:  # the gradient of the input masking
       d_xs = zero_inactive(active_T, d_xs)
-    if backward is not None:
-      d_state0 = backward.leave(state0, d_state0)
-    return d_params, d_xs, d_state0, None
+    return d_params, d_xs, leave(state0, d_state0), None, None, d_reset
 
   scan_fn.defvjp(fwd, bwd)
   return scan_fn

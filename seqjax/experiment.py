@@ -6,6 +6,7 @@ flags. Settings and their checks are in seqjax/settings.py, the files in seqjax/
 the writers (TensorBoard's, one's own) in seqjax/writers.py.
 """
 
+import json
 import math
 import os
 import signal
@@ -21,7 +22,8 @@ from seqjax import checkpoint, parallel, report, train
 from seqjax import writers as writers_lib
 from seqjax.report import main_metric
 from seqjax.settings import RunError, Settings, run_axis, train_config, validate
-from seqjax.workdir import Folders, load, provenance, resumed_config
+from seqjax.report import read_json
+from seqjax.workdir import BEST, BEST_CHECKPOINT, Folders, load, provenance, resumed_config
 
 __all__ = ["Diverged", "RunError", "Settings", "Stopped", "load", "main_metric", "run", "validate"]
 
@@ -93,7 +95,9 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
   """
   s, task = _settings(s, log)
   lead = jax.process_index() == 0
-  folders = Folders(s, lead=lead, metric=main_metric(task))
+  # a stream task's data (text: the corpus kind, bytes, SHA-256, vocabulary) is recorded too
+  folders = Folders(s, lead=lead, metric=main_metric(task),
+                    data=task.stream.info or {} if task.stream is not None else {})
   loop = _Loop(s, task, folders, log, provenance(argv))
   settings_of = {r.workdir: r.recorded() for r in folders.runs}
   tensorboard = [lambda folder: writers_lib.TensorBoard(
@@ -157,8 +161,8 @@ class _Loop:
     self.step = int(np.max(state.runs.step))
     if self.step:
       log(f"resuming {s.workdir} from step {self.step}")
-    folders.start(self.rows, step=self.step, num_devices=mesh.size, num_processes=jax.process_count(),
-                  backend=jax.default_backend(), **extra)
+    folders.start(self.rows, step=self.step, num_devices=mesh.size,
+                  num_processes=jax.process_count(), backend=jax.default_backend(), **extra)
     self.state = parallel.put(state, placed)
     self.seeds = parallel.put(np.array([r.seed for r in runs], np.int32), placed)
     size, shared = task.held_out_size or s.eval_size, task.held_out_size is not None
@@ -251,11 +255,12 @@ class _Loop:
     if done:
       metric = self.metric
       trained = self.step > 0  # step 0's row has no train_loss nor speed
+      speed = sum(r["examples_per_sec"] for r in done) if trained else 0.0
       self.log(f"step {self.step}/{self.s.num_steps}  "
                + (f"train_loss {_spread([r['train_loss'] for r in done])}  " if trained else "")
                + f"eval_loss {_spread([r['eval_loss'] for r in done])}  eval_{metric} "
                f"{_spread([r.get('eval_' + metric, math.nan) for r in done])}"
-               + (f"  {sum(r['examples_per_sec'] for r in done):.0f} ex/s" if trained else ""))
+               + (f"  {speed:.0f} ex/s" + self._tokens(speed) if trained else ""))
     self.t_print = _clock()
 
   def _evaluate(self) -> float:
@@ -275,7 +280,7 @@ class _Loop:
         row["train_loss"] = float(self.loss_sum[i] / count) if count else math.nan
       row["eval_loss"] = float(values["loss"][i])
       row.update({f"eval_{k}": float(v[i]) for k, v in values.items() if k != "loss"})
-      if s.feedback == "scheduled" and step:
+      if s.task_options.get("feedback") == "scheduled" and step:
         row["teacher_forcing"] = float(train.teacher_forcing(self.tcfg, step))
       if step:
         row["examples_per_sec"] = self.interval_steps * s.batch_size / max(
@@ -316,8 +321,15 @@ class _Loop:
     latest = [self.last_loss[i] for i in self.live() if self.last_loss[i] is not None]
     self.log(f"step {self.step}/{self.s.num_steps}  "
              + (f"loss {_spread(latest)}  " if latest else "")
-             + f"{rate:.1f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+             + f"{rate:.1f} steps/s" + self._tokens(rate * self.s.batch_size * len(self.live()))
+             + f"  ETA {int(eta // 60)}m{int(eta % 60):02d}s")
     self.t_print = _clock()
+
+  def _tokens(self, examples_per_sec) -> str:
+    """A stream task's (text's) speed in tokens per second, for the progress line."""
+    if self.task.stream is None:
+      return ""
+    return f"  {examples_per_sec * self.task.seq_len:.0f} tokens/s"
 
   def stop(self, signum):
     self._take_pending()
@@ -326,8 +338,28 @@ class _Loop:
              "same command to resume")
     raise Stopped(signum)
 
+  def _test_best(self):
+    """A stream task (text): each run's best checkpoint evaluated once on the test part, into
+    its best.json (test_<metric> for every metric), not into metrics.jsonl."""
+    fresh = train.init_state(self.tcfg, train.param_key(self.folders.runs[0].seed))
+    tokens = self.task.stream.split("test")
+    evaluate = jax.jit(train.evaluate_fn(self.tcfg))
+    for run in self.folders.runs:
+      path, best = (os.path.join(run.workdir, name) for name in (BEST_CHECKPOINT, BEST))
+      if not (os.path.exists(path) and os.path.exists(best)):
+        continue
+      params = checkpoint.restore(path, fresh).params
+      values = {f"test_{k}": float(v) for k, v in evaluate(params, tokens).items()}
+      if self.folders.lead:
+        checkpoint.write_atomic(best, json.dumps(dict(read_json(best), **values), indent=2)
+                                + "\n")
+      self.log(f"{run.workdir}: best checkpoint (step {read_json(best)['step']}) on the test "
+               f"part: {values['test_' + self.metric]:.4f} {self.metric}")
+
   def finish(self) -> dict:
     task, s = self.task, self.s
+    if task.stream is not None:
+      self._test_best()
     target = report.threshold(task.name, task.seq_len)
     self.folders.finish(self.rows, f"{self.tcfg.cell.name} on {task.name} (T={task.seq_len})",
                         self.metric, threshold=target[2] if target[0] == self.metric else None)

@@ -43,7 +43,7 @@ from flax.typing import Initializer
 
 from seqjax.cells import RWAState
 from seqjax.cells.base import Cell
-from seqjax.scanning import scan
+from seqjax.scanning import _reverse_valid, scan
 from seqjax.torch_weights import from_torch, to_torch  # noqa: F401  (re-exported: interop.from_torch)
 
 # The state fields whose `carry_init` keys come first, in the order Flax's LSTM cells draw them.
@@ -256,25 +256,37 @@ def _is_variable(x):
   return isinstance(x, nnx.Variable)
 
 
-def _scan_sequence(module, params, xs, seq_lengths, initial_carry, return_carry):
+def _scan_sequence(module, params, xs, seq_lengths, initial_carry, return_carry, time_major,
+                   reverse, keep_order):
   """LinenRNN's and NnxRNN's __call__: hs, or (final_state, hs) with return_carry."""
   cell = module.cell
+  pick = lambda given, default: default if given is None else given  # noqa: E731
+  time_major, reverse = pick(time_major, module.time_major), pick(reverse, module.reverse)
+  keep_order = pick(keep_order, module.keep_order)
+  if time_major:
+    xs = jnp.moveaxis(xs, 0, -2)
   state = None if initial_carry is None else _start_deferred(cell, params, initial_carry)
   final_state, hs = scan(cell, params, xs, lengths=seq_lengths, initial_state=state,
-                         unroll=module.unroll, remat=module.remat)
-  return_carry = module.return_carry if return_carry is None else return_carry
-  return (final_state, hs) if return_carry else hs
+                         unroll=module.unroll, remat=module.remat, reverse=reverse)
+  if reverse and not keep_order:  # nn.RNN's order: the outputs in the order they were computed
+    hs = _reverse_valid(hs, None if seq_lengths is None else jnp.asarray(seq_lengths))
+  if time_major:
+    hs = jnp.moveaxis(hs, -2, 0)
+  return (final_state, hs) if pick(return_carry, module.return_carry) else hs
 
 
 class LinenRNN(nn.Module):
   """A whole sequence through a seqjax cell as one `flax.linen` module: `seqjax.scan` inside, so
   the cell's fast loop (the hand-written backward pass of rnn/lstm/gru/rwa) runs inside Flax.
 
-  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None)
+  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None,
+           time_major=None, reverse=None, keep_order=None, init_key=None)
     -> hs [*batch, T, H], or (final_state, hs) with return_carry.
 
   `seq_lengths` and the outputs mean what they mean in `seqjax.scan` (outputs past a sequence's
   length are 0, a length of 0 returns the initial state), which differs from `nn.RNN`'s.
+  `init_key` (what `nn.Bidirectional` passes) is nn.RNN's key for a random start carry; the
+  start here is the cell's own state, which needs none.
   `initial_carry`: a seqjax state, or a carry from `LinenCell(cell).initialize_carry`.
 
   Params: `variables["params"]["cell"]` is the pytree `cell.init(key, F)` returns — the same dict
@@ -286,20 +298,30 @@ class LinenRNN(nn.Module):
     cell: the seqjax `Cell` (a stack included).
     return_carry: default for `__call__`'s return_carry.
     unroll, remat: as in `seqjax.scan` (None: the backend's measured default unroll).
+    time_major, reverse, keep_order: as in `nn.RNN` (call arguments override them): xs
+      [T, *batch, F]; run each sequence from its last valid step back to step 0; with reverse,
+      outputs at their time positions (True) or in the order computed. So
+      `nn.Bidirectional(LinenRNN(c1), LinenRNN(c2))` equals `seqjax.bidirectional(c1, c2)`.
   """
   cell: Cell
   return_carry: bool = False
   unroll: int | None = None
   remat: bool = False
+  time_major: bool = False
+  reverse: bool = False
+  keep_order: bool = False
 
   def __post_init__(self):
     _check_cell(self.cell)
     super().__post_init__()
 
   @nn.compact
-  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
+  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None,
+               time_major=None, reverse=None, keep_order=None, init_key=None):
+    del init_key  # see the class docstring
     params = self.param("cell", lambda key: self.cell.init(key, xs.shape[-1]))
-    return _scan_sequence(self, params, xs, seq_lengths, initial_carry, return_carry)
+    return _scan_sequence(self, params, xs, seq_lengths, initial_carry, return_carry,
+                          time_major, reverse, keep_order)
 
 
 class NnxRNN(_NnxParams, nnx.Module):
@@ -307,10 +329,12 @@ class NnxRNN(_NnxParams, nnx.Module):
   the cell's fast loop runs in nnx). Params as `NnxCell`'s (`self.params`, `get_params`,
   `set_params`).
 
-  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None)
+  __call__(xs [*batch, T, F], *, seq_lengths=None, initial_carry=None, return_carry=None,
+           time_major=None, reverse=None, keep_order=None, rngs=None)
     -> hs [*batch, T, H], or (final_state, hs) with return_carry; `seq_lengths` and the outputs
     as in `seqjax.scan` (padded outputs 0). `initial_carry`: a seqjax state, or a carry from
-    `NnxCell.initialize_carry`.
+    `NnxCell.initialize_carry`. `rngs` (what `nnx.Bidirectional` passes): nnx.RNN's stream for
+    a random start carry; the start here is the cell's own state, which needs none.
 
   Args:
     cell: the seqjax `Cell` (a stack included).
@@ -318,12 +342,19 @@ class NnxRNN(_NnxParams, nnx.Module):
     rngs: the params key is `rngs.params()`; default `nnx.Rngs(0)`.
     return_carry: default for `__call__`'s return_carry.
     unroll, remat: as in `seqjax.scan`.
+    time_major, reverse, keep_order: as in `LinenRNN` (`nnx.Bidirectional` over two NnxRNN
+      equals `seqjax.bidirectional`).
   """
 
   def __init__(self, cell: Cell, input_size: int, *, rngs: nnx.Rngs | None = None,
-               return_carry: bool = False, unroll: int | None = None, remat: bool = False):
+               return_carry: bool = False, unroll: int | None = None, remat: bool = False,
+               time_major: bool = False, reverse: bool = False, keep_order: bool = False):
     self._hold(cell, input_size, rngs)
     self.return_carry, self.unroll, self.remat = return_carry, unroll, remat
+    self.time_major, self.reverse, self.keep_order = time_major, reverse, keep_order
 
-  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None):
-    return _scan_sequence(self, self.get_params(), xs, seq_lengths, initial_carry, return_carry)
+  def __call__(self, xs, *, seq_lengths=None, initial_carry=None, return_carry=None,
+               time_major=None, reverse=None, keep_order=None, rngs=None):
+    del rngs  # see the class docstring
+    return _scan_sequence(self, self.get_params(), xs, seq_lengths, initial_carry, return_carry,
+                          time_major, reverse, keep_order)

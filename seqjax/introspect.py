@@ -169,9 +169,9 @@ def task_pictures(workdir, cfg, tcfg, params, held, few):
     written += ["accuracy_by_length.png", "accuracy_by_length.md"]
   if task.feedback_channel is not None:
     teacher = train.outputs(tcfg, params, few)[..., 0]
-    free = models.closed_loop(cell, params, few.xs, cfg.prefix_len, task.feedback_channel)[..., 0]
+    free = models.closed_loop(cell, params, few.xs, tcfg.prefix_len, task.feedback_channel)[..., 0]
     plots.series_predictions(np.asarray(few.ys), np.asarray(teacher), np.asarray(free),
-                             cfg.prefix_len, os.path.join(workdir, "series.png"),
+                             tcfg.prefix_len, os.path.join(workdir, "series.png"),
                              f"{cell.name} on {task.name}: next-value predictions")
     written.append("series.png")
   return [os.path.join(workdir, w) for w in written]
@@ -186,6 +186,9 @@ def inspect_runs(workdirs, output=None, num_examples=4, top_units=16, which="las
   loaded = [(w, *experiment.load(w, which)) for w in workdirs]
   first_cfg, first_tcfg = loaded[0][1], loaded[0][2]
   task = first_tcfg.task
+  if task.stream is not None:
+    raise experiment.RunError(f"--workdir={workdirs[0]}: a {task.name} run is one long stream, "
+                              "not held-out sequences to draw; launch.sample writes text from it")
   for w, cfg, tcfg, _ in loaded[1:]:
     first, this = first_cfg.recorded(), cfg.recorded()
     for key in DATA_SETTINGS:  # drawn on the first run's sequences: they must be this run's too

@@ -22,6 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from seqjax.bidirectional_layer import Bidirectional
 from seqjax.cells.base import Cell, bias
 from seqjax.scanning import _check_lengths, default_unroll, scan
 
@@ -33,8 +34,11 @@ READOUTS = ("linear", "attention")  # models.init's `readout` choices
 def init(cell: Cell, key, input_size: int, output_size: int, readout: str = "linear"):
   if readout not in READOUTS:
     raise ValueError(f"unknown readout {readout!r}; allowed: {', '.join(READOUTS)}")
+  if isinstance(cell, Bidirectional) and readout != "linear":
+    raise ValueError("models.init: a Bidirectional takes the linear readout only (the "
+                     "attention readout attends causally, over one direction's states)")
   kc, kr = jax.random.split(key)
-  H = cell.hidden_size
+  H = _width(cell)
   if readout == "linear":
     head = {"W": _readout_init(kr, (H, output_size), jnp.float32),
             "b": jnp.zeros((output_size,), jnp.float32)}
@@ -126,6 +130,28 @@ def _finish_last(params, y, lengths):
   return jnp.where((lengths > 0)[:, None], y, bias(params["readout"]["b"], y))
 
 
+def _width(cell) -> int:
+  """The size of the states the readout reads: a cell's H, a Bidirectional's H_fwd + H_bwd."""
+  if isinstance(cell, Bidirectional):
+    return cell.cell_fwd.hidden_size + cell.cell_bwd.hidden_size
+  return cell.hidden_size
+
+
+def _apply_bidirectional(bi, params, xs, lengths, per_step, unroll, remat):
+  """`apply` over a Bidirectional (linear readout): per step, each step's concatenated states;
+  at the last step, the forward direction's state after the last valid step with the reverse
+  direction's after step 0 (torch's h_n of the top layer)."""
+  if is_attention(params):
+    raise ValueError("models.apply: a Bidirectional takes the linear readout only (the "
+                     "attention readout attends causally, over one direction's states)")
+  _, hs = bi.apply(params["cell"], xs, lengths, unroll=unroll, remat=remat)
+  if per_step:
+    return readout(params, hs)
+  H = bi.cell_fwd.hidden_size
+  return readout(params, jnp.concatenate([_select_last(hs[..., :H], lengths), hs[..., 0, H:]],
+                                         axis=-1))
+
+
 def _select_last(hs, lengths):
   """hs [B, T, H] -> h at each sequence's last valid step [B, H] (0 for length 0)."""
   if lengths is None:
@@ -138,6 +164,10 @@ def _select_last(hs, lengths):
 def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=None, remat=False):
   """xs [B, T, F] -> outputs [B, T, O] (per_step) or [B, O] at each sequence's last valid step.
 
+  `cell` may be a `seqjax.Bidirectional` (`models.init` too; linear readout): its outputs are
+  read per step, or, at the last step, its forward state after the last valid step with its
+  reverse state after step 0.
+
   Takes either readout's params. A sequence of length 0 has no last step: its output is b (the
   readout of h = 0); so are the outputs at padded steps. The attention readout read per step
   costs O(T^2) per sequence ([B, T, T] scores); at the last step O(T).
@@ -149,6 +179,8 @@ def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=None, rema
   time twice (once for the query h, once for an online softmax over the keys); read per step it
   needs every key, so it keeps [B, T, H] (and [B, T, T]) whatever `remat` says.
   """
+  if isinstance(cell, Bidirectional):
+    return _apply_bidirectional(cell, params, xs, lengths, per_step, unroll, remat)
   attention = is_attention(params)
   if remat and xs.shape[-2] > 1 and not (attention and per_step):
     return _apply_streamed(cell, params, xs, lengths, per_step, attention, unroll)
@@ -159,6 +191,60 @@ def apply(cell: Cell, params, xs, lengths=None, per_step=True, unroll=None, rema
   if attention:
     return _attention_last(params, hs, h_last, lengths)
   return readout(params, h_last)
+
+
+def dropout(key, x, rate: float):
+  """Inverted dropout: each entry of x zeroed with probability `rate`, the rest scaled by
+  1 / (1 - rate); x itself when rate is 0."""
+  if not rate:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def _scan_dropout(cell, params, xs, lengths, initial_state, rate, key, unroll, remat):
+  """(final_state, hs [*batch, T, H]): the cell over xs, dropout on each layer's input (a
+  stack: layer by layer, which equals stepping the whole stack); rate 0: `scan` itself."""
+  if not rate:
+    return scan(cell, params["cell"], xs, lengths=lengths, initial_state=initial_state,
+                unroll=unroll, remat=remat)
+  stacked = bool(cell.layers)
+  layers, layer_params = (cell.layers, params["cell"]) if stacked else ((cell,), (params["cell"],))
+  states = (initial_state if stacked else (initial_state,)) if initial_state is not None \
+      else (None,) * len(layers)
+  hs, finals = xs, []
+  for i, (c, p, s) in enumerate(zip(layers, layer_params, states)):
+    hs = dropout(jax.random.fold_in(key, i), hs, rate)
+    s, hs = scan(c, p, hs, lengths=lengths, initial_state=s, unroll=unroll, remat=remat)
+    finals.append(s)
+  return (tuple(finals) if stacked else finals[0]), hs
+
+
+def apply_dropout(cell: Cell, params, xs, lengths, per_step, rate: float, key, unroll=None,
+                  remat=False):
+  """`apply` (linear readout) with dropout of probability `rate` on the non-recurrent
+  connections: each layer's input and the readout's input, masks drawn from `key`."""
+  if is_attention(params):
+    raise ValueError("dropout takes the linear readout only")
+  _, hs = _scan_dropout(cell, params, xs, lengths, None, rate, key, unroll, remat)
+  k_out = jax.random.fold_in(key, len(cell.layers) or 1)
+  if per_step:
+    return readout(params, dropout(k_out, hs, rate))
+  return _finish_last(params, readout(params, dropout(k_out, _select_last(hs, lengths), rate)),
+                      lengths)
+
+
+def apply_from(cell: Cell, params, xs, initial_state, rate: float = 0.0, key=None, unroll=None,
+               remat=False):
+  """(final_state, outputs [*batch, T, O]): the linear readout at every step of the cell run
+  over xs [*batch, T, F] from `initial_state` (stateful models: text), with dropout of
+  probability `rate` (and its `key`) on each layer's input and the readout's input."""
+  if is_attention(params):
+    raise ValueError("a model run from a carried state takes the linear readout only")
+  final, hs = _scan_dropout(cell, params, xs, None, initial_state, rate, key, unroll, remat)
+  if rate:
+    hs = dropout(jax.random.fold_in(key, len(cell.layers) or 1), hs, rate)
+  return final, readout(params, hs)
 
 
 # Largest fan-out (chunks per chunk, and steps per innermost chunk) of the nested checkpointing.

@@ -66,6 +66,8 @@ def main_metric(task) -> str:
   """The metric a task's runs are judged by (plots, logs)."""
   if task.name in ("copy", "multi_copy"):
     return "bits_per_step"
+  if task.name == "text":
+    return "bits_per_char"
   return "accuracy" if task.classification else "mse"
 
 
@@ -107,6 +109,7 @@ def _evaluated_every(configs) -> str:
 def task_label(config) -> str:
   """The task column: the task and the settings that change its data (only those recorded)."""
   notes = [config["bit_order"] if config["task"] == "binary_addition" else None,
+           config.get("corpus_kind"),
            f"R={config['num_segments']}" if "num_segments" in config else None,
            f"data_rules={config['data_rules']}" if config.get("data_rules", "paper") != "paper"
            else None,
@@ -123,8 +126,8 @@ def summary_table(workdirs, metrics=None) -> str:
   shared = len(set(rules)) == 1  # one rule for every row: name it in the header
   lines = []
   for workdir, (config, rows, diverged), (metric, direction, value) in zip(workdirs, runs, rules):
-    default = metric or next((m for m in ("accuracy", "mse") if rows and f"eval_{m}" in rows[-1]),
-                             None)
+    default = metric or next((m for m in ("bits_per_char", "accuracy", "mse")
+                              if rows and f"eval_{m}" in rows[-1]), None)
     shown = metrics or ([default] if default else [])
     if not lines:
       header = ["run", "model", "task", "T", "H", "steps"]
@@ -219,9 +222,10 @@ def _steps_over_seeds(reached, budget):
 
 
 # seed_table's own columns; any other recorded setting that differs between groups gets one too
+# (num_segments, data_rules, eval_split, corpus_kind: in the task column)
 _SEED_TABLE_SHOWN = ("model", "num_layers", "readout", "task", "bit_order", "seq_len",
                      "hidden_size", "feedback", "seed", "workdir", "wall_time", "num_segments",
-                     "data_rules", "eval_split")  # the last three: in the task column
+                     "data_rules", "eval_split", "corpus_kind")
 # What config.json records about how a run was launched, not what it computes (versions,
 # commit, command line, the writers it fed): runs alike but for these are seeds of one
 # configuration (seqjax.workdir.provenance writes the first four).

@@ -19,7 +19,7 @@ def default_unroll() -> int:
 
 
 def scan(cell: Cell, params, xs, *, lengths=None, initial_state=None, unroll: int = None,
-         remat: bool = False):
+         remat: bool = False, reverse: bool = False, resets=None):
   """Runs `cell.step` over the time axis of `xs`.
 
   Args:
@@ -34,6 +34,12 @@ def scan(cell: Cell, params, xs, *, lengths=None, initial_state=None, unroll: in
       Default: the measured best for the backend, `default_unroll()` (1 on CPU, 8 on GPU).
     remat: checkpoint the loop in chunks of ~sqrt(T) steps, so the backward pass keeps
       O(sqrt(T)) states instead of O(T), for about one extra forward pass of compute.
+    reverse: run each sequence backwards, from its last valid step (lengths[b] - 1) down to
+      step 0 (flax `nn.RNN(reverse=True, keep_order=True)`): outputs stay at their time
+      positions (padding 0), the final state is the state after step 0.
+    resets: optional bool [*batch, T]: where resets[b, t] is True, the state before step t is
+      the initial state again (episode boundaries); `reverse` reads it at the same positions
+      (the state coming from step t + 1 is replaced).
 
   Returns:
     (final_state, hs) with hs: [*batch, T, H].
@@ -65,7 +71,17 @@ def scan(cell: Cell, params, xs, *, lengths=None, initial_state=None, unroll: in
     initial_state = cell.initial_state(params, batch_shape)
   if lengths is not None:
     lengths = _check_lengths(lengths, batch_shape, T)
+  if resets is not None:
+    resets = _check_resets(resets, batch_shape, T)
+  if reverse:
+    xs, resets = _reverse_valid(xs, lengths), _reverse_valid(resets, lengths, time_axis=-1)
+  final_state, hs = _forward(cell, params, xs, lengths, initial_state, unroll, remat, resets)
+  return final_state, _reverse_valid(hs, lengths) if reverse else hs
 
+
+def _forward(cell, params, xs, lengths, initial_state, unroll, remat, resets):
+  """scan's forward direction, its arguments checked."""
+  batch_shape, T = xs.shape[:-2], xs.shape[-2]
   xs_T = jnp.moveaxis(xs, -2, 0)  # time-major for the loop: [T, *batch, F]
   chunk = math.isqrt(T - 1) + 1 if remat and T > 1 else T  # ceil(sqrt(T))
   num_chunks = -(-T // chunk) if T else 0
@@ -77,19 +93,53 @@ def scan(cell: Cell, params, xs, *, lengths=None, initial_state=None, unroll: in
       lengths = jnp.full(batch_shape, T, jnp.int32)
   active_T = None if lengths is None else _expand_time(jnp.arange(padded_T, dtype=jnp.int32),
                                                        lengths)
+  resets_T = None
+  if resets is not None:
+    # time-major, padded steps never reset (they carry the state unchanged)
+    resets_T = jnp.moveaxis(resets, -1, 0)
+    resets_T = jnp.concatenate([resets_T, jnp.zeros((padded_T - T, *batch_shape), bool)])
+    resets_T = resets_T if active_T is None else resets_T & active_T
 
   def run(state, inputs):
-    xs_T, active_T = inputs
-    return _timeloop.run(cell, params, xs_T, state, active_T, unroll)
+    xs_T, active_T, resets_T = inputs
+    # the state resets go back to is the scan's initial state, also in a later remat chunk
+    reset = None if resets_T is None else _timeloop.Resets(resets_T, initial_state)
+    return _timeloop.run(cell, params, xs_T, state, active_T, unroll, reset)
 
   if remat and T > 1:
     split = lambda a: a.reshape(num_chunks, chunk, *a.shape[1:])
     final_state, hs_T = jax.lax.scan(jax.checkpoint(run), initial_state,
-                                     jax.tree.map(split, (xs_T, active_T)))
+                                     jax.tree.map(split, (xs_T, active_T, resets_T)))
     hs_T = hs_T.reshape(padded_T, *hs_T.shape[2:])[:T]
   else:
-    final_state, hs_T = run(initial_state, (xs_T, active_T))
+    final_state, hs_T = run(initial_state, (xs_T, active_T, resets_T))
   return final_state, jnp.moveaxis(hs_T, 0, -2)
+
+
+def _reverse_valid(a, lengths, time_axis=-2):
+  """a [*batch, T, ...] with each sequence's first lengths[b] steps in reverse order (padding
+  left where it is); the whole time axis reversed without lengths. Its own inverse."""
+  if a is None:
+    return None
+  if lengths is None:
+    return jnp.flip(a, time_axis)
+  time_axis %= a.ndim
+  T = a.shape[time_axis]
+  ts = jnp.arange(T, dtype=lengths.dtype).reshape((1,) * lengths.ndim + (T,))
+  L = lengths[..., None]
+  index = jnp.where(ts < L, L - 1 - ts, ts)  # [*batch, T]
+  index = index.reshape(index.shape + (1,) * (a.ndim - time_axis - 1))
+  return jnp.take_along_axis(a, index, axis=time_axis, mode="clip")
+
+
+def _check_resets(resets, batch_shape, T):
+  resets = jnp.asarray(resets)
+  if resets.shape != (*batch_shape, T):
+    raise ValueError(f"resets must have the shape [*batch, T] = {(*batch_shape, T)} of xs; "
+                     f"got shape {resets.shape}")
+  if resets.dtype != jnp.bool_:
+    raise ValueError(f"resets must be booleans; got dtype {resets.dtype}")
+  return resets
 
 
 def _expand_time(ts, lengths):

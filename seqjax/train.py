@@ -23,6 +23,16 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
+class StreamState(NamedTuple):
+  """TrainState of a task whose batches follow one another (`Task.stream`, text): also the cell
+  state each of the batch_size streams ended its last window in [batch_size, ...], carried into
+  its next window (checkpointed with the rest, so a resumed run goes on exactly)."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  carry: Any
+
+
 class Config(NamedTuple):
   """What the step functions close over (everything static)."""
   cell: Cell
@@ -36,9 +46,7 @@ class Config(NamedTuple):
   teacher_forcing_decay_steps: int = 10000  # scheduled: steps over which p falls from 1 to 0
   mesh: Optional[jax.sharding.Mesh] = None  # data parallel over its `data` axis; None: 1 device
   readout: str = "linear"  # models.READOUTS
-
-
-FEEDBACK_MODES = ("teacher", "free", "scheduled")
+  dropout: float = 0.0  # on each layer's input and the readout's input, training only
 
 
 def teacher_forcing(cfg: Config, step):
@@ -120,7 +128,12 @@ def set_learning_rate(state: TrainState, learning_rate) -> TrainState:
 def init_state(cfg: Config, key) -> TrainState:
   params = models.init(cfg.cell, key, cfg.task.input_size, cfg.task.output_size,
                        readout=cfg.readout)
-  return TrainState(jnp.zeros((), jnp.int32), params, cfg.optimizer.init(params))
+  step = jnp.zeros((), jnp.int32)
+  if cfg.task.stream is not None:
+    # copies: a cell's initial state may share one buffer between fields, and the step donates
+    carry = jax.tree.map(jnp.array, cfg.cell.initial_state(params["cell"], (cfg.batch_size,)))
+    return StreamState(step, params, cfg.optimizer.init(params), carry)
+  return TrainState(step, params, cfg.optimizer.init(params))
 
 
 def outputs(cfg: Config, params, batch: Batch):
@@ -165,11 +178,17 @@ def one_run_step(cfg: Config):
 
   Series tasks with feedback "free" or "scheduled" train through the closed loop: the model's
   own predictions are fed back (with probability 1 - p per sequence and step), and the gradient
-  flows through them.
+  flows through them. A stream task (text) trains on its next windows (`stream_step`).
   """
+  if cfg.task.stream is not None:
+    return stream_step(cfg)
 
   def loss_fn(params, batch, p, key):
-    if cfg.feedback == "teacher":
+    if cfg.dropout:
+      preds = models.apply_dropout(cfg.cell, params, batch.xs, batch.lengths, cfg.task.per_step,
+                                   cfg.dropout, jax.random.fold_in(key, 1), unroll=cfg.unroll,
+                                   remat=cfg.remat)
+    elif cfg.feedback == "teacher":
       preds = outputs(cfg, params, batch)
     else:
       preds = models.closed_loop(cfg.cell, params, batch.xs, cfg.prefix_len,
@@ -195,6 +214,78 @@ def one_run_step(cfg: Config):
   return train_step
 
 
+def stream_step(cfg: Config):
+  """(StreamState, seed) -> (StreamState, metrics), not jitted: one step of stateful truncated
+  BPTT. Window k = step mod W of every stream (gathered on the device by the step's index),
+  started from the state the stream's window before ended in (no gradient through it), or from
+  the initial state at k = 0; the state it ends in is carried to the next step. Dropout masks
+  come from the seed's data stream at the step."""
+  stream, B = cfg.task.stream, cfg.batch_size
+  W = stream.windows(B)
+
+  def loss_fn(params, carry, first, tokens, key):
+    initial = cfg.cell.initial_state(params["cell"], (B,))
+    carry = jax.tree.map(lambda i, c: jnp.where(first, i, jax.lax.stop_gradient(c)),
+                         initial, carry)
+    batch = Batch(stream.inputs(tokens[:, :-1]), tokens[:, 1:].astype(jnp.int32), None)
+    final, logits = models.apply_from(cfg.cell, params, batch.xs, carry, cfg.dropout, key,
+                                      unroll=cfg.unroll, remat=cfg.remat)
+    values = cfg.task.losses(logits, batch)
+    return jnp.mean(values["loss"]), (values, final)
+
+  def train_step(state: StreamState, seed):
+    tokens = parallel.shard_batch(cfg.mesh, stream.window(state.step, B))
+    key = jax.random.fold_in(data_key(seed), state.step)
+    (_, (values, final)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.carry, state.step % W == 0, tokens, key)
+    updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {k: jnp.mean(v) for k, v in values.items()}
+    return StreamState(state.step + 1, params, opt_state, jax.lax.stop_gradient(final)), metrics
+
+  return train_step
+
+
+def stream_evaluate_fn(cfg: Config):
+  """(params, tokens uint8 [n]) -> means over the n - 1 predictions of a split (text).
+
+  The split is cut into batch_size contiguous streams of L = ceil((n - 1) / batch_size)
+  predictions (the last ones shorter), each run window after window from the initial state with
+  its state carried, no dropout: every token but the first is predicted exactly once (padding
+  past a stream's end is masked out)."""
+  stream, S, T = cfg.task.stream, cfg.batch_size, cfg.task.seq_len
+
+  def evaluate(params, tokens):
+    n = tokens.shape[0]
+    P = n - 1  # predictions: input tokens[j], target tokens[j + 1]
+    L = -(-P // S)
+    num_windows = -(-L // T)
+    offsets = jnp.arange(T, dtype=jnp.int32)[None] + \
+        jnp.arange(S, dtype=jnp.int32)[:, None] * L  # [S, T]
+
+    def one(carry, w):
+      state, sums = carry
+      in_stream = w * T + jnp.arange(T, dtype=jnp.int32)[None]  # [1, T]
+      j = offsets + w * T  # [S, T] prediction index in the split
+      valid = ((in_stream < L) & (j < P)).astype(jnp.float32)
+      j = jnp.clip(j, 0, P - 1)
+      xs = stream.inputs(tokens[j])
+      state, logits = models.apply_from(cfg.cell, params, xs, state, unroll=cfg.unroll)
+      values = stream.losses(logits, tokens[j + 1].astype(jnp.int32))
+      sums = {k: sums[k] + jnp.sum(v * valid) for k, v in values.items()}
+      return (state, sums), None
+
+    state = cfg.cell.initial_state(params["cell"], (S,))
+    zeros = {k: jnp.zeros((), jnp.float32) for k in jax.eval_shape(
+        stream.losses, jnp.zeros((1, cfg.task.output_size)), jnp.zeros((1,), jnp.int32))}
+    (_, sums), _ = jax.lax.scan(one, (state, zeros), jnp.arange(num_windows, dtype=jnp.int32))
+    means = {k: v / P for k, v in sums.items()}
+    means["perplexity"] = jnp.exp(means["loss"])
+    return means
+
+  return evaluate
+
+
 def make_evaluate(cfg: Config):
   """(params, held_out) -> mean of every per-example metric over the whole held-out set."""
   return jax.jit(evaluate_fn(cfg))
@@ -204,8 +295,11 @@ def evaluate_fn(cfg: Config):
   """(params, held_out) -> mean of every per-example metric over the whole held-out set.
 
   The set is evaluated in chunks of batch_size (the last one padded and masked out), so any
-  size fits in memory; all of it stays on the device.
+  size fits in memory; all of it stays on the device. A stream task's held-out set is a split's
+  tokens, evaluated by `stream_evaluate_fn`.
   """
+  if cfg.task.stream is not None:
+    return stream_evaluate_fn(cfg)
   chunk = cfg.batch_size
 
   def evaluate(params, held_out: Batch):

@@ -21,9 +21,9 @@ import numpy as np
 from flax import serialization
 
 import seqjax
-from seqjax import _plugins, checkpoint, plots, report, train
+from seqjax import _plugins, checkpoint, plots, report, tasks, train
 from seqjax.report import read_json, read_jsonl, write_jsonl
-from seqjax.settings import RunError, Settings, train_config, validate
+from seqjax.settings import FIELDS, RunError, Settings, train_config, validate
 
 GROUP_CONFIG, GROUP_CHECKPOINT = "group.json", "group_checkpoint.msgpack"
 BEST_CHECKPOINT, BEST = "checkpoint_best.msgpack", "best.json"
@@ -46,12 +46,13 @@ def _shown(value) -> str:
       ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def _check_same_experiment(path: str, s: Settings) -> dict:
+def _check_same_experiment(path: str, s: Settings, data: dict) -> dict:
   """The recorded config at `path` ({} where there is none), refused in one line naming the
-  folder and the first setting that differs when it records another experiment than `s`."""
+  folder and the first setting that differs when it records another experiment than `s` (and
+  `data`, what config.json records of a stream task's data)."""
   if not os.path.exists(path):
     return {}
-  previous, current = read_json(path), s.recorded()
+  previous, current = read_json(path), dict(s.recorded(), **data)
   for key in sorted((set(previous) | set(current)) - set(RESUMABLE_CHANGES + NOT_SETTINGS)):
     if key in previous and previous[key] != current.get(key):
       raise RunError(f"--workdir={os.path.dirname(path) or '.'} holds another experiment: "
@@ -126,9 +127,16 @@ def _saved_steps(path: str) -> np.ndarray:
 
 
 def _settings_from(saved: dict) -> Settings:
-  fields = {f.name for f in dataclasses.fields(Settings)}
-  return Settings(**{k: tuple(v) if isinstance(v, list) else v
-                     for k, v in saved.items() if k in fields})
+  """The Settings a config.json records: settings and task options at its top level (other keys,
+  the provenance, are left out)."""
+  saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+  task = saved.get("task", FIELDS["task"].default)
+  try:
+    names = {o.name for o in tasks.options(task)}
+  except ValueError as e:
+    raise RunError(f"--task={task}: {e}") from None
+  return Settings(task_options={k: v for k, v in saved.items() if k in names},
+                  **{k: v for k, v in saved.items() if k in FIELDS and k != "task_options"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -198,9 +206,11 @@ class Folders:
   """Where a run, or each run of a group, reads and writes its files. Every check happens in
   the constructor, before anything is written; only the lead process writes."""
 
-  def __init__(self, s: Settings, lead: bool = True, metric: str = None):
-    """metric: the eval metric that picks each run's best checkpoint (None: none kept)."""
-    self.settings, self.lead, self.runs = s, lead, s.runs()
+  def __init__(self, s: Settings, lead: bool = True, metric: str = None, data=None):
+    """metric: the eval metric that picks each run's best checkpoint (None: none kept); data:
+    what config.json records of the task's data besides the settings (text: its corpus), part
+    of the experiment."""
+    self.settings, self.lead, self.runs, self.data = s, lead, s.runs(), dict(data or {})
     self.metric, self.best = (None if metric is None else f"eval_{metric}"), [None] * len(self.runs)
     folders = [s.workdir] + ([r.workdir for r in self.runs] if s.is_group else [])
     for path in folders:
@@ -215,7 +225,7 @@ class Folders:
                else []) + [(os.path.join(r.workdir, "config.json"), r,
                             checkpoint.path_in(r.workdir)) for r in self.runs]
     for path, settings, ckpt in configs:
-      previous = _check_same_experiment(path, settings)
+      previous = _check_same_experiment(path, settings, self.data)
       # code can only be changed under a run that will resume (one with a checkpoint)
       self.history[path] = _code_history(path, previous, self.code, s.allow_code_change) \
           if os.path.exists(ckpt) else []
@@ -283,7 +293,7 @@ class Folders:
                       self.code):
       history = history + [dict(step=step, **self.code)]
     more = {CODE: history} if history else {}
-    return json.dumps(dict(settings.recorded(), **extra, **more), indent=2) + "\n"
+    return json.dumps(dict(settings.recorded(), **self.data, **extra, **more), indent=2) + "\n"
 
   def start(self, rows, step: int = 0, **extra) -> None:
     """config.json of each run (and group.json), metrics cut back to the checkpoint's step

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import experiment
-from seqjax.settings import RunError, Settings
+from seqjax.settings import FIELDS, RunError, Settings
 from seqjax.tasks import adding, binary_addition, multi_copy, reber, seq_length, variable_copy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,11 +72,13 @@ def check_losses(task, outputs, batch, keys):
 
 def refused(tmp_path, **settings):
   """The one-line RunError message experiment.run gives for tiny `settings`; checks that
-  nothing was written."""
+  nothing was written. Names that are no Settings field go to its task_options."""
   workdir = tmp_path / "run"
+  general = {k: v for k, v in settings.items() if k in FIELDS}
+  options = {k: v for k, v in settings.items() if k not in FIELDS}
   try:
     experiment.run(Settings(workdir=str(workdir), seq_len=6, hidden_size=4, batch_size=4,
-                            num_steps=1, **settings), log=lambda line: None)
+                            num_steps=1, task_options=options, **general), log=lambda line: None)
   except RunError as error:
     assert not workdir.exists()
     return str(error)

@@ -135,10 +135,31 @@ def test_a_diverging_run_freezes_alone(tmp_path):
 
 def test_every_setting_is_a_flag_with_the_settings_default():
   for name, field in FIELDS.items():
+    if name == "task_options":  # a flag per option instead, below
+      continue
     assert FLAGS[name].default == field.default, name
     assert field.metadata["help"] in FLAGS[name].help, name
     if field.metadata["choices"] is not None:
       assert set(FLAGS[name].parser.enum_values) == set(field.metadata["choices"]), name
+
+
+def test_every_task_option_is_a_flag_given_only_when_set():
+  # default None (not given), the declaration's help, the tasks that take it, and an enum of
+  # every task's allowed values where it has some
+  assert "task_options" not in FLAGS and set(tasks.BUILTIN_OPTIONS) >= {
+      "bit_order", "num_segments", "data_rules", "permute", "eval_split", "data_dir",
+      "prefix_len", "feedback", "teacher_forcing_decay_steps"}
+  for name, declared in tasks.BUILTIN_OPTIONS.items():
+    assert FLAGS[name].default is None, name
+    assert f"Only for: {', '.join(declared)}." in FLAGS[name].help, name
+    assert len({o.kind for o in declared.values()}) == 1, name
+    for option in declared.values():
+      assert option.help in FLAGS[name].help and name not in FIELDS, name
+      if option.choices is not None:
+        assert set(option.choices) <= set(FLAGS[name].parser.enum_values), name
+        assert option.default in option.choices, name
+    if all(o.choices is None for o in declared.values()):
+      assert not hasattr(FLAGS[name].parser, "enum_values"), name
   # --model and --task also take MODULE:NAME, so they are plain strings checked by the runner
   assert FIELDS["model"].metadata["choices"] is None and FIELDS["task"].metadata["choices"] is None
   assert not hasattr(FLAGS["model"].parser, "enum_values")
@@ -165,13 +186,25 @@ def _main(**overrides):
     (dict(task="adding", permute=True), "--permute=True: applies only to the digits, mnist tasks"),
     (dict(task="copy", bit_order="msb_first"),
      "--bit_order=msb_first: applies only to the binary_addition task"),
-    (dict(task="adding", data_dir="/tmp"), "--data_dir=/tmp: applies only to the mnist task"),
+    (dict(task="adding", data_dir="/tmp"), "--data_dir=/tmp: applies only to the mnist, uea tasks"),
     (dict(task="reber", feedback="free"),
      "--feedback=free: applies only to the trajectory, decay tasks"),
     (dict(task="adding", prefix_len=2), "--prefix_len=2: applies only to the trajectory, decay"),
     (dict(task="decay", teacher_forcing_decay_steps=5),
-     "--teacher_forcing_decay_steps=5: applies only with --feedback=scheduled"),
+     "--teacher_forcing_decay_steps=5: applies only to --feedback=scheduled"),
     (dict(task="digits", permute=True, seeds=["0", "0"]), "--seeds=0,0"),
+    # given for a task that does not take it: refused even at its default value
+    (dict(task="adding", permute=False), "--permute=False: applies only to the digits, mnist"),
+    (dict(task="copy", bit_order="lsb_first"),
+     "--bit_order=lsb_first: applies only to the binary_addition task"),
+    (dict(task="reber", feedback="teacher"),
+     "--feedback=teacher: applies only to the trajectory, decay tasks"),
+    (dict(task="multi_copy", data_rules="paper"),
+     "--data_rules=paper: applies only to the seq_length, reber tasks"),
+    (dict(task="nosuch", data_dir="/tmp"), "--task=nosuch: unknown task 'nosuch'; allowed: "),
+    # a task's own check of seq_len (an OptionError) is the flag's line
+    (dict(task="reber", seq_len=3), "--seq_len=3: must be an int >= 5 for reber (the shortest"),
+    (dict(task="trajectory", seq_len=51), "--seq_len=51: must be <= 50 for trajectory"),
 ])
 def test_bad_group_and_inapplicable_flags_exit_with_one_line_and_write_nothing(
     overrides, message, tmp_path):

@@ -197,7 +197,8 @@ def test_runs_trained_on_other_data_are_refused_in_one_line(tmp_path):
   # second would be read backwards
   for order in ("lsb_first", "msb_first"):
     experiment.run(experiment.Settings(model="lstm", task="binary_addition", seq_len=4,
-                                       bit_order=order, hidden_size=4, batch_size=8, num_steps=1,
+                                       task_options=dict(bit_order=order), hidden_size=4,
+                                       batch_size=8, num_steps=1,
                                        eval_every=1, eval_size=8, workdir=str(tmp_path / order)),
                    log=lambda line: None)
   with pytest.raises(experiment.RunError) as error:

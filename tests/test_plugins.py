@@ -227,7 +227,7 @@ def test_a_default_workdir_is_a_plain_folder_name():
     (dict(task="plugtasks:parity", permute=True), "--permute=True: applies only to the digits, "
      "mnist tasks (and tasks of yours whose factory takes it)"),
     (dict(task="adding", eval_split="validation"),
-     "--eval_split=validation: applies only to the digits, mnist tasks"),
+     "--eval_split=validation: applies only to the digits, mnist, uea tasks"),
 ])
 def test_unusable_user_code_is_one_line_and_nothing_is_written(user_modules, tmp_path, settings,
                                                                message):
@@ -263,6 +263,7 @@ def test_the_readme_example_is_the_tested_file_and_is_a_layer_normalised_lstm():
   params = cell.init(jax.random.key(0), F)
   params = {k: v + 0.3 * jax.random.normal(jax.random.key(i), v.shape)
             for i, (k, v) in enumerate(sorted(params.items()))}
+  assert {"g_x", "g_h"} <= set(params)  # the gains, read by update directly
   xs = np.asarray(jax.random.normal(jax.random.key(9), (B, 4, F)), np.float64)
   state = cell.initial_state(params, (B,))
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -275,11 +276,12 @@ def test_the_readme_example_is_the_tested_file_and_is_a_layer_normalised_lstm():
 
   h, c = np.zeros((B, H)), np.zeros((B, H))
   for t in range(xs.shape[1]):  # the equations in float64, gate by gate
-    z = norm(xs[:, t] @ p["W_x"]) + norm(h @ p["W_h"]) + p["b"][None]
+    z = norm(xs[:, t] @ p["W_x"]) * p["g_x"] + norm(h @ p["W_h"]) * p["g_h"] + p["b"][None]
     i, f, g, o = np.split(z, 4, axis=-1)
     c = sig(f) * c + sig(i) * np.tanh(g)
     h = sig(o) * np.tanh(c)
-    state, got = cell.step(params, state, jnp.asarray(xs[:, t], jnp.float32))
+    with jax.numpy_rank_promotion("allow"):  # user code: the gains broadcast implicitly
+      state, got = cell.step(params, state, jnp.asarray(xs[:, t], jnp.float32))
     np.testing.assert_allclose(got, h, rtol=1e-4, atol=1e-5)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from seqjax.settings import Settings
+from seqjax import tasks
 from seqjax.tasks import reber
 from task_helpers import MODULES, cached_task, refused, sample_named
 from test_task_reber import GRAMMAR, _reber_accepts
@@ -126,7 +127,7 @@ def test_reber_splice_with_too_few_tries_leaves_strings_valid_never_mislabelled(
 
 @pytest.mark.parametrize("name", ["seq_length", "reber"])
 def test_make_rejects_unknown_rules(name):
-  with pytest.raises(ValueError, match=r"^data_rules must be one of paper, authors, got 'code'$"):
+  with pytest.raises(tasks.OptionError, match=r"^data_rules='code': must be one of paper, authors$"):
     MODULES[name].make(data_rules="code")
 
 
@@ -142,10 +143,11 @@ def test_bad_data_rules_is_one_line_and_writes_nothing(settings, message, tmp_pa
 
 
 def test_data_rules_recorded_where_they_apply_and_named_when_authors():
-  s = Settings(task="seq_length", data_rules="authors").resolved()
+  s = Settings(task="seq_length", task_options=dict(data_rules="authors")).resolved()
   assert s.workdir == "runs/seq_length-authors-rwa-T100-s0"
   assert s.recorded()["data_rules"] == "authors"
-  assert Settings(task="reber", data_rules="authors", seed=2).resolved().workdir == \
+  assert Settings(task="reber", task_options=dict(data_rules="authors"), seed=2).resolved().workdir \
+      == \
       "runs/reber-authors-rwa-T50-s2"
   paper = Settings(task="seq_length").resolved()
   assert paper.workdir == "runs/seq_length-rwa-T100-s0" and paper.recorded()["data_rules"] == "paper"

@@ -52,7 +52,7 @@ def test_the_validation_split_is_a_fixed_fifth_of_the_training_part_left_out_of_
   batch = sample(task, 128)  # and training draws only from it
   for x in batch.xs[..., 0]:
     assert np.abs(train_x - x).max(axis=1).min() < 1e-6
-  with pytest.raises(ValueError, match="eval_split must be one of test, validation"):
+  with pytest.raises(tasks.OptionError, match="eval_split='train': must be one of test, validation"):
     tasks.get("digits", eval_split="train")
 
 
@@ -61,5 +61,5 @@ def test_a_validation_run_gets_its_own_default_workdir():
   # would refuse to resume it)
   from seqjax.settings import Settings
   assert Settings(task="digits").resolved().workdir == "runs/digits-rwa-T64-s0"
-  assert Settings(task="digits", eval_split="validation").resolved().workdir == \
+  assert Settings(task="digits", task_options=dict(eval_split="validation")).resolved().workdir == \
       "runs/digits-validation-rwa-T64-s0"

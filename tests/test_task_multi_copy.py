@@ -10,7 +10,7 @@ import pytest
 
 from seqjax import experiment, report
 from seqjax.settings import Settings
-from seqjax.tasks import multi_copy
+from seqjax.tasks import OptionError, multi_copy
 from task_helpers import (cached_task, check_losses, cross_entropy, logits_with_mistakes,
                           refused)
 
@@ -116,10 +116,10 @@ def test_defaults_and_make_checks():
   assert multi_copy.DEFAULTS == dict(seq_len=20, hidden_size=250, num_steps=50000,
                                      batch_size=100, learning_rate=1e-3)
   assert multi_copy.NUM_SEGMENTS == 3
-  for options, message in ((dict(num_segments=0), "num_segments must be an int >= 1"),
-                           (dict(num_segments=2.0), "num_segments must be an int >= 1"),
-                           (dict(seq_len=1), "seq_len must be an int >= 2")):
-    with pytest.raises(ValueError, match=message):
+  for options, message in ((dict(num_segments=0), "num_segments=0: must be an int >= 1"),
+                           (dict(num_segments=2.0), "num_segments=2.0: must be an int >= 1"),
+                           (dict(seq_len=1), "seq_len=1: must be an int >= 2")):
+    with pytest.raises(OptionError, match=message):
       multi_copy.make(**options)
 
 
@@ -133,7 +133,7 @@ def test_bad_num_segments_is_one_line_and_writes_nothing(settings, message, tmp_
 
 
 def test_num_segments_is_recorded_and_named_for_multi_copy_only():
-  s = Settings(task="multi_copy", num_segments=2).resolved()
+  s = Settings(task="multi_copy", task_options=dict(num_segments=2)).resolved()
   assert s.workdir == "runs/multi_copy-R2-rwa-T20-s0"
   assert s.recorded()["num_segments"] == 2
   assert "num_segments" not in Settings(task="copy").resolved().recorded()
@@ -142,7 +142,8 @@ def test_num_segments_is_recorded_and_named_for_multi_copy_only():
 
 def test_a_tiny_multi_copy_run_writes_bits_per_step(tmp_path):
   workdir = tmp_path / "run"
-  rows = experiment.run(Settings(task="multi_copy", seq_len=4, num_segments=2, hidden_size=8,
+  rows = experiment.run(Settings(task="multi_copy", seq_len=4, task_options=dict(num_segments=2),
+                                 hidden_size=8,
                                  batch_size=4, num_steps=2, eval_every=1, eval_size=8,
                                  model="rwa", workdir=str(workdir)), log=lambda line: None)
   written = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -48,8 +48,8 @@ def test_trajectory_sampler_is_pure_under_jit():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(seq_len=51), "seq_len must be <= 50"),
-    (dict(seq_len=3), "seq_len must be an int >= 4"),
+    (dict(seq_len=51), "seq_len=51: must be <= 50"),
+    (dict(seq_len=3), "seq_len=3: must be an int >= 4"),
 ])
 def test_trajectory_rejects_bad_lengths(kwargs, message):
   with pytest.raises(ValueError, match=message):

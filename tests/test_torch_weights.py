@@ -126,7 +126,7 @@ def _without(sd, key):
 @pytest.mark.parametrize("kind, state_dict, nonlinearity, message", [
     ("conv", torch_state_dict("rnn", 1), "tanh", r"unknown kind 'conv'; allowed: lstm, gru, rnn"),
     ("lstm", {**torch_state_dict("lstm", 1), "weight_ih_l0_reverse": np.zeros((16, F))}, "tanh",
-     r"bidirectional state_dict \('weight_ih_l0_reverse'\)"),
+     r"missing key 'weight_hh_l0_reverse'"),
     ("lstm", {**torch_state_dict("lstm", 1), "weight_hr_l0": np.zeros((2, H))}, "tanh",
      r"proj_size state_dict \('weight_hr_l0'\)"),
     ("lstm", _without(torch_state_dict("lstm", 2), "weight_hh_l1"), "tanh",
@@ -136,7 +136,7 @@ def _without(sd, key):
     ("gru", {**torch_state_dict("gru", 1), "bias_ih_l0": np.zeros(5)}, "tanh",
      r"'bias_ih_l0' has shape \(5,\); expected \[12\]"),
     ("rnn", {**torch_state_dict("rnn", 2), "weight_ih_l1": np.zeros((H, 7))}, "tanh",
-     r"'weight_ih_l1' has shape \(4, 7\); expected \[4, 4 \(layer 0's H\)\]"),
+     r"'weight_ih_l1' has shape \(4, 7\); expected \[4, 4 \(layer 0's output size\)\]"),
     ("rnn", {**torch_state_dict("rnn", 1), "running_mean": np.zeros(H)}, "tanh",
      r"unknown key 'running_mean'"),
     ("rnn", torch_state_dict("rnn", 1), "relu", r"nonlinearity='relu': seqjax's rnn is tanh only"),

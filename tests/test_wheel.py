@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("seqjax-train", "seqjax-compare", "seqjax-summarize", "seqjax-inspect",
-           "seqjax-benchmark")
+           "seqjax-benchmark", "seqjax-sample")
 
 
 def _tracked_copy(dest):

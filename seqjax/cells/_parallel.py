@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax._fused import NARROW_INPUT
-from seqjax._timeloop import expand, mask_inputs, select, step_loop, zero_inactive
+from seqjax._timeloop import expand, mask_inputs, reset, select, step_loop, zero_inactive
 from seqjax.cells.base import FastLoop, bias, glorot, matmul, positive_int, state_dtype
 
 # Backends on which the min cells run `jax.lax.associative_scan` over time. CPU, measured
@@ -52,35 +52,38 @@ def min_cell_loop(project, update, associative, parallel):
 
   project(params, x [..., F]) -> terms: a tuple of [..., H] arrays (all the matmuls);
   update(state, terms_t) -> (state, h): one step from its terms (step = update ∘ project);
-  associative(terms_T, state0, active_T) -> (final_state, hs_T): all steps at once.
+  associative(terms_T, state0, active_T, resets) -> (final_state, hs_T): all steps at once
+    (resets: None or `seqjax._timeloop.Resets`).
   parallel: True (associative), False (loop) or None (the backend's choice, ASSOCIATIVE_ON).
   """
   def step(params, state, x_t):
     return update(state, project(params, x_t))
 
-  def run(params, xs_T, state0, active_T, unroll):
+  def run(params, xs_T, state0, active_T, unroll, resets=None):
     T, batch_shape, F = xs_T.shape[0], xs_T.shape[1:-1], xs_T.shape[-1]
     if not associative_now(parallel) and F <= NARROW_INPUT:
       # CPU, measured (B=100, T=1000, F=2, H=128): projecting per step inside the loop is 2x
       # faster than reading [T, B, H] buffers of all steps' projections (train and inference).
-      return step_loop(step, params, xs_T, state0, active_T, unroll)
+      return step_loop(step, params, xs_T, state0, active_T, unroll, resets)
     xs = mask_inputs(active_T, xs_T).reshape(T * math.prod(batch_shape), F)
     terms = tuple(v.reshape(T, *batch_shape, v.shape[-1]) for v in project(params, xs))
     if T == 0:
       return state0, terms[0]
     if associative_now(parallel):
-      return associative(terms, state0, active_T)
+      return associative(terms, state0, active_T, resets)
 
     def body(state, inp):
-      terms_t, active = inp
+      terms_t, active, at = inp
+      state = reset(resets, at, state)
       new_state, h = update(state, terms_t)
       if active is None:
         return new_state, h
       return select(active, new_state, state), zero_inactive(active, h)
 
-    return jax.lax.scan(body, state0, (terms, active_T), unroll=unroll)
+    at_T = None if resets is None else resets.at_T
+    return jax.lax.scan(body, state0, (terms, active_T, at_T), unroll=unroll)
 
-  return step, FastLoop(step, run)
+  return step, FastLoop(step, run, takes_resets=True)
 
 
 def linear_loop(state_type, project, parallel):
@@ -91,8 +94,9 @@ def linear_loop(state_type, project, parallel):
     h = a * state.h + b
     return state_type(h), h
 
-  def associative(terms, state0, active_T):
-    h, hs_T = linear_recurrence(*terms, state0.h, active_T)
+  def associative(terms, state0, active_T, resets):
+    h, hs_T = linear_recurrence(*terms, state0.h, active_T,
+                                None if resets is None else resets._replace(state=resets.state.h))
     return state_type(h), hs_T
 
   return min_cell_loop(project, update, associative, parallel)
@@ -118,8 +122,9 @@ def weighted_mean_outputs(state_type, m, n, d, state0, active_T):
   return final, zero_inactive(active_T, hs_T)
 
 
-def linear_recurrence(a_T, b_T, h0, active_T):
-  """h_t = a_t h_{t-1} + b_t for every t at once; a_T, b_T: [T, *batch, H], h0: [*batch, H].
+def linear_recurrence(a_T, b_T, h0, active_T, resets=None):
+  """h_t = a_t h_{t-1} + b_t for every t at once; a_T, b_T: [T, *batch, H], h0: [*batch, H];
+  resets: None or `Resets` whose state is an h [*batch, H].
   Returns (h_T, hs_T), padded steps left out (identity a = 1, b = 0; their outputs 0)."""
   a_T, b_T = identity_where_padded(active_T, (a_T, b_T), (1, 0))
 
@@ -127,6 +132,29 @@ def linear_recurrence(a_T, b_T, h0, active_T):
     (a1, b1), (a2, b2) = first, then
     return a1 * a2, a2 * b1 + b2
 
-  A, B = jax.lax.associative_scan(combine, (a_T, b_T))
-  hs_T = A * h0[None] + B
+  # a start state h is the constant map (a, b) = (0, h)
+  _, hs_T = prefix_combine(combine, (a_T, b_T), lambda h: (jnp.zeros_like(h), h), h0, resets)
   return hs_T[-1], hs_T if active_T is None else zero_inactive(active_T, hs_T)
+
+
+def prefix_combine(combine, elements, start_of, state0, resets=None):
+  """start ∘ e_1 ∘ … ∘ e_t for every t at once (`jax.lax.associative_scan`), start =
+  start_of(state0); elements: a tuple of [T, *batch, H] arrays; start_of(state) -> the element
+  that stands for a state. resets (None or `Resets`): where resets.at_T[t], everything before
+  step t is dropped and start_of(resets.state) stands in its place — a segmented scan, each
+  element flagged by whether a reset lies at or after its stretch's start."""
+  start = tuple(v[None] for v in start_of(state0))
+  if resets is None:
+    return combine(start, jax.lax.associative_scan(combine, elements))
+  at = expand(resets.at_T, elements[0])  # [T, *batch, 1]
+  restarted = combine(tuple(v[None] for v in start_of(resets.state)), elements)
+  elements = tuple(jnp.where(at, r, e) for r, e in zip(restarted, elements))
+
+  def segmented(first, then):
+    (f1, v1), (f2, v2) = first, then
+    joined = combine(v1, v2)
+    return f1 | f2, tuple(jnp.where(f2, v, j) for v, j in zip(v2, joined))
+
+  flags, values = jax.lax.associative_scan(segmented, (at, elements))
+  from_start = combine(start, values)
+  return tuple(jnp.where(flags, v, s) for v, s in zip(values, from_start))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax import _fused
+from seqjax.cells import _alike
 
 Params = Any  # a pytree of arrays: a dict for one cell, a tuple of dicts for a stack
 State = Any   # a NamedTuple of [*batch_shape, H] arrays, or a tuple of those for a stack
@@ -28,14 +29,17 @@ class UpdateBackward(NamedTuple):
 
 class LoopParts(NamedTuple):
   """A cell's step split as step(params, s, x) = update(s, project_x(params, x),
-  project_h(params, s.h)), where only the two projections touch params.
+  project_h(params, s.h)), where only the two projections touch params — or, with
+  update_takes_params=True, update(params, s, px, ph), which may read params too (a peephole
+  weight, a layer-norm gain: small params, their gradients summed in the backward loop).
 
   `fused_step` turns it into the step and a time loop differentiated by hand: one matmul per
   step in the backward loop, the weight gradients from all steps at once after it.
   """
   project_x: Callable  # (params, x [..., F]) -> pytree of [..., K] (any leading dims)
   project_h: Callable  # (params, h [..., H]) -> pytree of [..., K], affine in h
-  update: Callable     # (state, px, ph) -> (new_state, h)
+  update: Callable     # (state, px, ph) -> (new_state, h); or (params, state, px, ph) -> ...
+  update_takes_params: bool = False
   backward: Optional[UpdateBackward] = None  # default: jax.vjp of update
 
 
@@ -52,10 +56,14 @@ class FastLoop(NamedTuple):
   forward_mode: False when `run` has a hand-written backward pass (a `jax.custom_vjp`: reverse
     mode only; `seqjax.scan` refuses forward mode over it); `cells.autodiff_backward` then
     drops it.
+  takes_resets: whether `run` also takes `resets=` (`seqjax._timeloop.Resets`: where the state
+    goes back to its start), for `seqjax.scan(..., resets=)`; otherwise a scan with resets runs
+    the step itself.
   """
   step: Callable
   run: Callable
   forward_mode: bool = True
+  takes_resets: bool = False
 
 
 class Cell(NamedTuple):
@@ -67,6 +75,11 @@ class Cell(NamedTuple):
   fast_loop: optional `FastLoop`: how `seqjax.scan` runs this `step` over time faster than
     step by step (cells written elsewhere leave it out; `cell._replace(step=...)` bypasses it).
   layers: a stack's cells, bottom first (empty for a single cell).
+
+  Cells built alike are equal and hash alike (`cells.lstm(4) == cells.lstm(4)`; stacks, registry
+  lookups and `fused_step` cells too): their functions come from the same code and close over
+  alike values (`seqjax.cells._alike`). So a function jitted with the cell as a static argument
+  compiles once for both. Cells that differ in any field (a replaced `step`) are unequal.
   """
   init: Callable[..., Params]
   initial_state: Callable[..., State]
@@ -75,6 +88,15 @@ class Cell(NamedTuple):
   hidden_size: int
   fast_loop: Optional[FastLoop] = None
   layers: tuple = ()
+
+  def __eq__(self, other):
+    return self is other or (isinstance(other, Cell) and _alike.alike(tuple(self), tuple(other)))
+
+  def __ne__(self, other):
+    return not self == other
+
+  def __hash__(self):
+    return _alike.cached_fingerprint(self)
 
 
 def hand_written_backward(cell: Cell) -> bool:
@@ -108,9 +130,16 @@ def fused_step(parts: LoopParts):
   gradients through `seqjax.scan` against those of `cells.autodiff_backward(cell)` (README,
   "A fast cell of your own"; docs/library.md).
   """
+  if parts.update_takes_params and parts.backward is not None:
+    raise ValueError("LoopParts: a backward rule (UpdateBackward) is for an update that reads "
+                     "no params; with update_takes_params=True leave backward=None")
+
   def step(params, state, x_t):
-    return parts.update(state, parts.project_x(params, x_t), parts.project_h(params, state.h))
-  return step, FastLoop(step, _fused.fused_run(parts), forward_mode=False)
+    px, ph = parts.project_x(params, x_t), parts.project_h(params, state.h)
+    if parts.update_takes_params:
+      return parts.update(params, state, px, ph)
+    return parts.update(state, px, ph)
+  return step, FastLoop(step, _fused.fused_run(parts), forward_mode=False, takes_resets=True)
 
 
 def positive_int(what: str, value) -> int:

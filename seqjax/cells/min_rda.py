@@ -73,15 +73,14 @@ def min_rda(hidden_size: int, dtype=None, parallel=None, *, forget_bias: float =
     h = jnp.tanh(n / d)
     return MinRDAState(h=h, n=n, d=d, m=m), h
 
-  def associative(terms, state0, active_T):
+  def associative(terms, state0, active_T, resets):
     z, a, log_f = terms
     m = _sg(a)
     w = jnp.exp(a - m)  # 1, carrying a's gradient as e^{a - m} does in `update`
     lowest = jnp.finfo(a.dtype).min
     elements = _parallel.identity_where_padded(active_T, (log_f, m, z * w, w), (0, lowest, 0, 0))
-    stretches = jax.lax.associative_scan(_combine, elements)
-    first = (jnp.zeros_like(state0.m), _sg(state0.m), state0.n, state0.d)
-    _, m, n, d = _combine(tuple(v[None] for v in first), stretches)
+    start_of = lambda s: (jnp.zeros_like(s.m), _sg(s.m), s.n, s.d)
+    _, m, n, d = _parallel.prefix_combine(_combine, elements, start_of, state0, resets)
     return _parallel.weighted_mean_outputs(MinRDAState, m, n, d, state0, active_T)
 
   step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)

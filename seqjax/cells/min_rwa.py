@@ -70,15 +70,14 @@ def min_rwa(hidden_size: int, dtype=None, parallel=None) -> Cell:
     h = jnp.tanh(n / d)
     return MinRWAState(h=h, n=n, d=d, m=m), h
 
-  def associative(terms, state0, active_T):
+  def associative(terms, state0, active_T, resets):
     z, a = terms
     m = _sg(a)
     w = jnp.exp(a - m)  # 1, carrying a's gradient as e^{a - m} does in `update`
     lowest = jnp.finfo(a.dtype).min
     elements = _parallel.identity_where_padded(active_T, (m, z * w, w), (lowest, 0, 0))
-    M, N, D = jax.lax.associative_scan(_combine, elements)
-    m0, n0, d0 = (v[None] for v in (_sg(state0.m), state0.n, state0.d))
-    m, n, d = _combine((m0, n0, d0), (M, N, D))
+    m, n, d = _parallel.prefix_combine(_combine, elements, lambda s: (_sg(s.m), s.n, s.d),
+                                       state0, resets)
     return _parallel.weighted_mean_outputs(MinRWAState, m, n, d, state0, active_T)
 
   step, fast_loop = _parallel.min_cell_loop(project, update, associative, parallel)

@@ -92,7 +92,7 @@ def rda(hidden_size: int, dtype=None, *, forget_bias: float = 1.0) -> Cell:
     h = jnp.tanh(n / d).astype(state.h.dtype)
     return RDAState(h=h, n=n, d=d, m=m), h
 
-  parts = LoopParts(project_x, project_h, update, _BACKWARD)
+  parts = LoopParts(project_x, project_h, update, backward=_BACKWARD)
   step, fast_loop = fused_step(parts)
   return Cell(init, initial_state, step, "rda", H, fast_loop)
 

@@ -86,7 +86,7 @@ def rwa(hidden_size: int, dtype=None) -> Cell:
     h = jnp.tanh(n / d).astype(state.h.dtype)
     return RWAState(h=h, n=n, d=d, m=m), h
 
-  parts = LoopParts(project_x, project_h, update, _BACKWARD)
+  parts = LoopParts(project_x, project_h, update, backward=_BACKWARD)
   step, fast_loop = fused_step(parts)
   return Cell(init, initial_state, step, "rwa", H, fast_loop)
 

@@ -30,15 +30,16 @@ def stack(layers: Sequence[Cell]) -> Cell:
       new_state.append(s)
     return tuple(new_state), h
 
-  def run_layer_by_layer(params, xs_T, state0, active_T, unroll):
+  def run_layer_by_layer(params, xs_T, state0, active_T, unroll, resets=None):
     # Each layer's output sequence is the next one's input: equal to stepping the whole stack
-    # per time step, and every layer runs its own fast loop.
+    # per time step, and every layer runs its own fast loop (a reset resets every layer).
     final_states, hs_T = [], xs_T
-    for c, p, s in zip(layers, params, state0):
-      s, hs_T = _timeloop.run(c, p, hs_T, s, active_T, unroll)
+    for k, (c, p, s) in enumerate(zip(layers, params, state0)):
+      s, hs_T = _timeloop.run(c, p, hs_T, s, active_T, unroll,
+                              _timeloop.layer_resets(resets, k))
       final_states.append(s)
     return tuple(final_states), hs_T
 
   name = "+".join(c.name for c in layers)
   return Cell(init, initial_state, step, name, layers[-1].hidden_size,
-              FastLoop(step, run_layer_by_layer), layers)
+              FastLoop(step, run_layer_by_layer, takes_resets=True), layers)

@@ -1,22 +1,27 @@
-"""Shared machinery of the image-classification tasks (digits, mnist): pixels one per step."""
+"""Shared machinery of the dataset tasks: a class per sequence (digits, mnist: pixels one per
+step; uea: a time series's channels per step, unequal lengths)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
+from seqjax.tasks.base import Batch, Option, OptionError, Task, accuracy, softmax_cross_entropy
 
 PERMUTATION_SEED = 0
 # --eval_split: "test" (train on all training data, evaluate on the test split: the RWA paper's
 # protocol) or "validation" (train on the training data less a fixed validation part, and
 # evaluate on that; the test split is left untouched, for the end of a study)
 EVAL_SPLITS = ("test", "validation")
+PERMUTE = Option("permute", bool, False, "A fixed pixel permutation.")
+EVAL_SPLIT = Option("eval_split", str, "test", "What a dataset task is evaluated on: test (train "
+                    "on all its training data; the paper's protocol) or validation (train on the "
+                    "training data less a fixed validation part, evaluate on that).", EVAL_SPLITS)
 
 
 def check_eval_split(task: str, eval_split: str) -> str:
   if eval_split not in EVAL_SPLITS:
-    raise ValueError(f"the {task} task: eval_split must be one of {', '.join(EVAL_SPLITS)}, got "
-                     f"{eval_split!r}")
+    raise OptionError("eval_split", eval_split,
+                      f"must be one of {', '.join(EVAL_SPLITS)} for the {task} task")
   return eval_split
 
 
@@ -38,27 +43,40 @@ def classification_task(name, train_x, train_y, test_x, test_y, permute: bool,
                         num_classes: int = 10) -> Task:
   """train_x/test_x: [N, P] float32 pixels in [0, 1]; *_y: [N] int labels (test_*: the split
   evaluated on, the test or the validation split)."""
-  num_pixels = train_x.shape[1]
   if permute:
-    perm = pixel_permutation(num_pixels)
+    perm = pixel_permutation(train_x.shape[1])
     train_x, test_x = train_x[:, perm], test_x[:, perm]
+  return sequence_task(name, (train_x[..., None], train_y, None), (test_x[..., None], test_y, None),
+                       num_classes)
+
+
+def sequence_task(name, train, evaluated, num_classes: int) -> Task:
+  """A class per sequence, read at its last valid step. train, evaluated: (xs [N, T, F] float32,
+  ys [N] int, lengths [N] int valid steps or None when all N have T); the same T and F in both.
+  Training batches are drawn uniformly from `train`; `held_out` is `evaluated`, whole."""
   # jnp constants: the sampler only draws indices, so batches never leave the device
-  train_x, test_x = jnp.asarray(train_x, jnp.float32), jnp.asarray(test_x, jnp.float32)
-  train_y, test_y = jnp.asarray(train_y, jnp.int32), jnp.asarray(test_y, jnp.int32)
+  train_x, train_y, train_len = _on_device(*train)
+  eval_x, eval_y, eval_len = _on_device(*evaluated)
 
   def sample(key, batch_size):
     idx = jax.random.randint(key, (batch_size,), 0, train_x.shape[0])
-    return Batch(xs=train_x[idx][..., None], ys=train_y[idx], lengths=None)
+    return Batch(xs=train_x[idx], ys=train_y[idx],
+                 lengths=None if train_len is None else train_len[idx])
 
   def held_out(key, size=None):
-    del key  # the test split is fixed
-    n = test_x.shape[0] if size is None else min(size, test_x.shape[0])
-    return Batch(xs=test_x[:n, :, None], ys=test_y[:n], lengths=None)
+    del key  # the evaluated split is fixed
+    n = eval_x.shape[0] if size is None else min(size, eval_x.shape[0])
+    return Batch(xs=eval_x[:n], ys=eval_y[:n], lengths=None if eval_len is None else eval_len[:n])
 
   def losses(logits, batch):
     return {"loss": softmax_cross_entropy(logits, batch.ys),
             "accuracy": accuracy(logits, batch.ys)}
 
-  return Task(name=name, input_size=1, output_size=num_classes, per_step=False,
-              classification=True, sample=sample, held_out=held_out, losses=losses,
-              seq_len=num_pixels, held_out_size=int(test_x.shape[0]))
+  return Task(name=name, input_size=int(train_x.shape[2]), output_size=num_classes,
+              per_step=False, classification=True, sample=sample, held_out=held_out,
+              losses=losses, seq_len=int(train_x.shape[1]), held_out_size=int(eval_x.shape[0]))
+
+
+def _on_device(xs, ys, lengths):
+  return (jnp.asarray(xs, jnp.float32), jnp.asarray(ys, jnp.int32),
+          None if lengths is None else jnp.asarray(lengths, jnp.int32))

@@ -12,6 +12,7 @@ from seqjax.tasks._checks import check_int
 from seqjax.tasks.base import Batch, Task
 
 DEFAULTS = dict(seq_len=100, hidden_size=250, num_steps=50000, batch_size=100, learning_rate=1e-3)
+OPTIONS = ()  # none besides seq_len
 
 
 def make(seq_len: int = DEFAULTS["seq_len"]) -> Task:

@@ -10,11 +10,13 @@ carry coming from bits it has not seen yet.
 import jax
 import jax.numpy as jnp
 
-from seqjax.tasks._checks import check_int
-from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
+from seqjax.tasks._checks import check_choice, check_int
+from seqjax.tasks.base import Batch, Option, Task, accuracy, softmax_cross_entropy
 
 BIT_ORDERS = ("lsb_first", "msb_first")
 DEFAULTS = dict(seq_len=8, hidden_size=16, num_steps=2000, batch_size=100, learning_rate=1e-3)
+OPTIONS = (Option("bit_order", str, "lsb_first", "Which end of the numbers comes first.",
+                  BIT_ORDERS),)
 
 
 def add_bits(a_bits, b_bits):
@@ -30,8 +32,7 @@ def add_bits(a_bits, b_bits):
 
 def make(seq_len: int = DEFAULTS["seq_len"], bit_order: str = "lsb_first") -> Task:
   T = check_int("binary_addition", "seq_len", seq_len, 2)
-  if bit_order not in BIT_ORDERS:
-    raise ValueError(f"bit_order must be one of {', '.join(BIT_ORDERS)}, got {bit_order!r}")
+  check_choice(OPTIONS[0], bit_order)
 
   def sample(key, batch_size):
     bits = jax.random.bernoulli(key, 0.5, (2, batch_size, T)).astype(jnp.int32)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.tasks._checks import check_int
+from seqjax.tasks._series import SERIES_OPTIONS
 from seqjax.tasks.base import Batch, Task
 
 K0, ALPHA, BETA = 0.01, 1.0, 1.0
@@ -22,6 +23,7 @@ MAX_CYCLES = 2.0       # the fastest wave completes this many periods over the s
 DURABILITY_CHANNEL = 2
 
 DEFAULTS = dict(seq_len=50, hidden_size=64, num_steps=3000, batch_size=100, learning_rate=1e-3)
+OPTIONS = SERIES_OPTIONS  # read by the training loop, not by make
 
 
 def rate(temp, hum):

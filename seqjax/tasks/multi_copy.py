@@ -16,12 +16,14 @@ import jax.numpy as jnp
 
 from seqjax.tasks import variable_copy
 from seqjax.tasks._checks import check_int
-from seqjax.tasks.base import Batch, Task
+from seqjax.tasks.base import Batch, Option, Task
 
 NUM_SEGMENTS = 3
 # T = 20 per segment gives R(2S + T) = 120 steps at R = 3, as long as the paper's copy at T = 100,
 # so the paper's run length for that length is kept.
 DEFAULTS = dict(seq_len=20, hidden_size=250, num_steps=50000, batch_size=100, learning_rate=1e-3)
+OPTIONS = (Option("num_segments", int, NUM_SEGMENTS, "Copy problems back to back, each "
+                  "--seq_len long between its symbols and their recall.", minimum=1),)
 
 
 def make(seq_len: int = DEFAULTS["seq_len"], num_segments: int = NUM_SEGMENTS) -> Task:

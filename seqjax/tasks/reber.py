@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.tasks._checks import check_data_rules, check_int
-from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
+from seqjax.tasks._checks import DATA_RULES_OPTION, check_data_rules, check_int
+from seqjax.tasks.base import Batch, OptionError, Task, accuracy, softmax_cross_entropy
 
 LETTERS = "BTPSXVE"
 B, T_, P, S, X, V, E = range(7)
@@ -56,6 +56,7 @@ def _transitions() -> np.ndarray:
 TRANSITIONS = _transitions()
 
 DEFAULTS = dict(seq_len=50, hidden_size=250, num_steps=10000, batch_size=100, learning_rate=1e-3)
+OPTIONS = (DATA_RULES_OPTION,)
 
 
 def accepts(letters, lengths):
@@ -76,8 +77,8 @@ def accepts(letters, lengths):
 def make(seq_len: int = DEFAULTS["seq_len"], data_rules: str = "paper") -> Task:
   if isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len < SHORTEST:
     # the minimum comes from the grammar, so say where it comes from
-    raise ValueError(f"seq_len must be an int >= {SHORTEST} for reber (the shortest valid strings, "
-                     f"BTXSE and BPVVE, have {SHORTEST} letters), got {seq_len!r}")
+    raise OptionError("seq_len", seq_len, f"must be an int >= {SHORTEST} for reber (the shortest "
+                      f"valid strings, BTXSE and BPVVE, have {SHORTEST} letters)")
   T = check_int("reber", "seq_len", seq_len, SHORTEST)
   authors = check_data_rules(data_rules) == "authors"
   branches = jnp.asarray(BRANCHES)

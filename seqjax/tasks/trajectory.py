@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from seqjax.tasks._checks import check_int
-from seqjax.tasks.base import Batch, Task
+from seqjax.tasks._series import SERIES_OPTIONS
+from seqjax.tasks.base import Batch, OptionError, Task
 
 G, DT = 9.81, 0.04
 H0_MIN, H0_MAX, V0_MIN, V0_MAX = 60.0, 100.0, -5.0, 15.0
@@ -31,6 +32,7 @@ OFFSET, SCALE = (H0_MIN + H0_MAX) / 2, 10.0
 MAX_LEN = 50  # keeps the ball in the air (see above)
 
 DEFAULTS = dict(seq_len=50, hidden_size=64, num_steps=3000, batch_size=100, learning_rate=1e-3)
+OPTIONS = SERIES_OPTIONS  # read by the training loop, not by make
 
 
 def heights(h0, v0, T):
@@ -42,8 +44,8 @@ def heights(h0, v0, T):
 def make(seq_len: int = DEFAULTS["seq_len"]) -> Task:
   T = check_int("trajectory", "seq_len", seq_len, 4)
   if T > MAX_LEN:
-    raise ValueError(f"seq_len must be <= {MAX_LEN} for trajectory (the ball would hit the "
-                     f"ground), got {T}")
+    raise OptionError("seq_len", T, f"must be <= {MAX_LEN} for trajectory (the ball would hit "
+                      "the ground)")
 
   def sample(key, batch_size):
     kh, kv = jax.random.split(key)

@@ -21,6 +21,7 @@ BLANK, DELIMITER = 7, 8
 NUM_CHANNELS, NUM_CLASSES = 9, 8
 
 DEFAULTS = dict(seq_len=100, hidden_size=250, num_steps=50000, batch_size=100, learning_rate=1e-3)
+OPTIONS = ()  # none besides seq_len
 
 
 def make(seq_len: int = DEFAULTS["seq_len"]) -> Task:
