@@ -55,9 +55,9 @@ def _check_same_experiment(path: str, s: Settings, data: dict) -> dict:
   previous, current = read_json(path), dict(s.recorded(), **data)
   for key in sorted((set(previous) | set(current)) - set(RESUMABLE_CHANGES + NOT_SETTINGS)):
     if key in previous and previous[key] != current.get(key):
-      raise RunError(f"--workdir={os.path.dirname(path) or '.'} holds another experiment: "
-                     f"--{key}={_shown(previous[key])} there, --{key}={_shown(current.get(key))} "
-                     "here; use another --workdir")
+      raise RunError(f"--{key}={_shown(current.get(key))}: {os.path.dirname(path) or '.'} holds "
+                     f"another experiment, with --{key}={_shown(previous[key])}; use another "
+                     "--workdir")
   return previous
 
 

@@ -71,14 +71,14 @@ def test_one_experiment_per_folder(tmp_path):
   assert line.startswith(f"--workdir={group} holds a group of runs (group.json)")
   _refused(TINY, tmp_path, f"--workdir={single} holds a single run", seeds=(0, 1),
            workdir=single)
-  _refused(TINY, tmp_path, f"--workdir={single} holds another experiment: --hidden_size=4 "
-           "there, --hidden_size=5 here", hidden_size=5, workdir=single)
-  _refused(TINY, tmp_path, "--seeds=0,1 there, --seeds=0,1,2 here", seeds=(0, 1, 2),
-           workdir=group)
-  _refused(TINY, tmp_path, "--readout=linear there, --readout=attention here",
+  _refused(TINY, tmp_path, f"^--hidden_size=5: {single} holds another experiment, with "
+           "--hidden_size=4; use another --workdir$", hidden_size=5, workdir=single)
+  _refused(TINY, tmp_path, f"--seeds=0,1,2: {group} holds another experiment, with --seeds=0,1;",
+           seeds=(0, 1, 2), workdir=group)
+  _refused(TINY, tmp_path, "--readout=attention: .* with --readout=linear;",
            readout="attention", seeds=(0, 1), workdir=group)
   # a subfolder of the group is an ordinary run: another seed there is another experiment
-  _refused(TINY, tmp_path, "--seed=0 there, --seed=1 here", seed=1,
+  _refused(TINY, tmp_path, "--seed=1: .* with --seed=0;", seed=1,
            workdir=os.path.join(group, "s0"))
 
 
