@@ -17,9 +17,9 @@ import itertools
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from launch import flags as run_flags
+from . import _cli, flags as run_flags
 from seqjax import cells, checkpoint, experiment, models, plots, report
 from seqjax.settings import folder_name
 from seqjax.tasks.binary_addition import BIT_ORDERS as ORDERS
@@ -114,5 +114,10 @@ def main(argv):
   run_flags.run_or_exit(argv, compare)
 
 
+def cli():
+  """The console script (seqjax-compare)."""
+  _cli.start(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -88,7 +88,9 @@ def read_run(workdir: str):
 
 def steps_to_threshold(rows, metric: str, direction: str, value: float):
   """The first evaluation step at which the rolling mean of the last ROLLING evaluations of
-  eval_<metric> crosses `value`, or None if it never does."""
+  eval_<metric> crosses `value`, or None if it never does. The evaluations are the paper's,
+  those after training steps: the untrained model's (step 0) is not one of them."""
+  rows = [r for r in rows if r["step"] > 0]
   series = [r[f"eval_{metric}"] for r in rows]
   for i in range(len(series)):
     window = series[max(0, i - ROLLING + 1):i + 1]
