@@ -318,3 +318,61 @@ def runs_looped():
   """The runner's way of training many runs on this backend: True = loop, False = vmap."""
   from seqjax import train
   return train.runs_one_at_a_time(runs_spread_over_devices=False)
+
+
+# ---- the research-size grid ----
+
+GRID_CELLS = ("lstm", "gru", "rnn", "rwa", "rda")
+GRID_POINTS = ((64, 100, 3, 64), (100, 100, 2, 64), (100, 100, 2, 250), (16, 200, 32, 256),
+               (32, 300, 8, 128), (100, 1000, 2, 128), (1, 10000, 2, 128))  # (B, T, F, H)
+TINY_GRID_POINTS = ((4, 6, 2, 8),)
+# Points with at least this many tokens (B * T) get at most LARGE_REPEATS timed repeats.
+LARGE_TOKENS, LARGE_REPEATS = 50_000, 3
+
+
+def matmul_flops(name, B, T, F, H, kind):
+  """The matrix-product FLOPs of one train step ("train": forward, the products backward to the
+  inputs and state, the weight gradients: 3x the forward) or one forward pass ("infer") of
+  `name` with the benchmark's linear readout (H -> 1): 2 * B * T * (every matrix's rows * cols +
+  H). Elementwise work is not counted, so a share of peak is an upper bound on the matmul
+  efficiency."""
+  params = jax.eval_shape(lambda: cells.get(name, H).init(jax.random.key(0), F))
+  size = sum(a.shape[0] * a.shape[1] for a in jax.tree.leaves(params) if a.ndim == 2)
+  return (3 if kind == "train" else 1) * 2 * B * T * (size + H)
+
+
+def sgemm_gflops(n=2048, repeats=5):
+  """This machine's float32 matmul rate (GFLOP/s, best of `repeats`) for an n x n product
+  through XLA and, when importable, torch; the peak is the larger."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  dot = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(dot(a))
+  rates = {"xla": 2 * n ** 3 / min(_time(lambda: jax.block_until_ready(dot(a)))
+                                   for _ in range(repeats)) / 1e9}
+  try:
+    import torch
+  except ImportError:
+    return rates
+  t = torch.from_numpy(np.array(a))  # a writable copy
+  torch.mm(t, t)
+  rates["torch"] = 2 * n ** 3 / min(_time(lambda: torch.mm(t, t)) for _ in range(repeats)) / 1e9
+  return rates
+
+
+def grid_point(name, B, T, F, H, repeats, anchors=("flax", "torch")):
+  """One cell at one grid point: seqjax's default, seqjax under `cells.autodiff_backward`, the
+  anchors, train and inference, interleaved medians; the sgemm rate measured just before, and
+  each row's matmul GFLOP/s and share of that peak. Returns (rows, notes, versions)."""
+  rates = sgemm_gflops()
+  peak = max(rates.values())
+  got, notes, versions = contenders(name, B, T, F, H, unrolls=(seqjax.default_unroll(),),
+                                    autodiff_row=True, anchors=anchors)
+  if B * T >= LARGE_TOKENS:
+    repeats = min(repeats, LARGE_REPEATS)
+  rows = []
+  for r in time_rows(got, repeats, B * T):
+    gflops = matmul_flops(name, B, T, F, H, r["kind"]) / (r["ms"] / 1000) / 1e9
+    rows.append({"cell": name, "B": B, "T": T, "F": F, "H": H, **r, "repeats": repeats,
+                 "gflops": gflops, "peak_gflops": peak, "share_of_peak": gflops / peak,
+                 **{f"sgemm_{k}_gflops": v for k, v in rates.items()}})
+  return rows, notes, versions
