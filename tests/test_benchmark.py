@@ -54,6 +54,14 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 
+def _has_torch():
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
 def _quiet(line):
   del line
 
@@ -79,10 +87,12 @@ def test_tiny_suite_runs_every_section_and_reports_their_rows(tmp_path):
   B, T = suite.TINY.speed[:2]
   speed = by_name["speed"]["rows"]
   impls = {(r["config"].split()[0], r["implementation"], r["kind"]) for r in speed}
+  torch_rows = (("lstm", "torch.nn.LSTM"), ("gru", "torch.nn.GRU")) if _has_torch() else ()
   assert impls == {(c, i, k) for c, i in (("lstm", "seqjax lstm"),
                                           ("lstm", "flax nn.RNN(OptimizedLSTMCell)"),
                                           ("gru", "seqjax gru"), ("gru", "flax nn.RNN(GRUCell)"),
-                                          ("rwa", "seqjax rwa")) for k in ("train", "infer")}
+                                          ("rwa", "seqjax rwa"), *torch_rows)
+                   for k in ("train", "infer")}
   for r in speed:
     assert abs(r["tokens_per_s"] - B * T / (r["ms"] / 1000)) < 1e-6 * r["tokens_per_s"]
     assert (r["ratio"] == 1.0) == r["implementation"].startswith("seqjax")
@@ -187,12 +197,8 @@ def test_the_grid_times_every_row_at_a_tiny_point():
   rows, notes, _ = bench_lib.grid_point("lstm", B, T, F, H, repeats=1)
   rwa_rows, rwa_notes, _ = bench_lib.grid_point("rwa", B, T, F, H, repeats=1, anchors=())
   impls = {(r["implementation"], r["kind"]) for r in rows}
-  try:
-    import torch  # noqa: F401
-    anchors = ["flax nn.RNN(OptimizedLSTMCell)", "torch.nn.LSTM"]
-  except ImportError:
-    anchors = ["flax nn.RNN(OptimizedLSTMCell)"]
-    assert "torch: torch not importable" in notes
+  anchors = ["flax nn.RNN(OptimizedLSTMCell)"] + (["torch.nn.LSTM"] if _has_torch() else [])
+  assert _has_torch() or "torch: torch not importable" in notes
   assert impls == {(i, k) for i in ["seqjax lstm", "seqjax lstm (jax.grad backward)", *anchors]
                    for k in ("train", "infer")}
   assert {(r["implementation"], r["kind"]) for r in rwa_rows} == {
