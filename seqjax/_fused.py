@@ -9,7 +9,10 @@ the first; the weight gradients are taken after the loop from all steps at once,
 
 and, for wide inputs, dW_x, the biases and dxs the same way (narrow inputs recompute x·W_x per
 step and accumulate their small gradients in the loop). The step's own derivative is jax.vjp of
-`update`, or the cell's `UpdateBackward` where autodiff of it loses precision (the RWA). Same
+`update`, or the cell's `UpdateBackward` where autodiff of it loses precision (the RWA). On CPU
+at small hidden sizes (`backward_layout`) the backward loop instead keeps only the state,
+recomputes h·W_h and accumulates the hidden-side weight gradient in the loop: there the [T, B, K]
+buffers cost more memory traffic than the per-step product they save. Same
 numbers as autodiff up to the order of float additions — tested against jax.grad of the
 per-step loop in float64.
 """
@@ -63,8 +66,10 @@ def _rows(tree):
 IN_LOOP_ON = ("cpu",)
 # CPU, measured (BUILD_NOTES.md, "Research-size grid"): below this hidden size the [T, B, K]
 # buffers of the after-the-loop layout cost more memory traffic than the per-step weight-gradient
-# product they save; at B = 1 that product is a rank-1 update and the large matmul always wins.
-IN_LOOP_BELOW_HIDDEN, IN_LOOP_FROM_BATCH = 100, 8
+# product they save (lstm train step, CPU time, in loop / after: H=32 0.96, H=64 0.81-0.99,
+# H=96 0.72; H=128 1.02-1.10, H=250 1.07, H=256 1.31); below this batch the in-loop product is
+# a thin update that gains nothing (B=1: 0.95 at H=64, 1.86 at H=128).
+IN_LOOP_BELOW_HIDDEN, IN_LOOP_FROM_BATCH = 112, 8
 
 
 def backward_layout(backend: str, batch: int, hidden_size: int, in_loop_on=None) -> str:
