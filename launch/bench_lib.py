@@ -7,6 +7,7 @@ A row's `ratio` is its time / the first row's time of the same configuration (th
 seqjax's first variant), so > 1 means the reference is faster.
 """
 
+import os
 import statistics
 import time
 from typing import Callable, NamedTuple
@@ -92,9 +93,18 @@ def cudnn_fns(xs, hidden_size):
   return (params, tx.init(params)), jax.jit(step, donate_argnums=0), jax.jit(apply)
 
 
+def _torch():
+  """torch, its OpenMP threads waiting passively (unless OMP_WAIT_POLICY is set): spinning, they
+  steal the cores from the row timed next, and on a loaded 2-core machine a torch LSTM step took
+  8.5 s instead of 50 ms (B=64 T=100 H=64, median of 7). Read when torch first loads."""
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  import torch
+  return torch
+
+
 def torch_cuda():
   """True when JAX runs on a GPU and torch sees CUDA (torch is then timed there)."""
-  import torch
+  torch = _torch()
   return jax.default_backend() == "gpu" and torch.cuda.is_available()
 
 
@@ -107,7 +117,7 @@ def persistent_shapes(B, F, H):
 def torch_fns(name, xs_np, hidden_size, half=False):
   """torch.nn.LSTM/GRU/RNN with a linear head and Adam; `half`: params and data in fp16 (CUDA
   only), the precision at which cuDNN may take its persistent kernel."""
-  import torch
+  torch = _torch()
   torch.manual_seed(0)
   device = "cuda" if torch_cuda() else "cpu"
   rnn = getattr(torch.nn, TORCH_CELLS[name])(xs_np.shape[-1], hidden_size, batch_first=True)
@@ -350,7 +360,7 @@ def sgemm_gflops(n=2048, repeats=5):
   rates = {"xla": 2 * n ** 3 / min(_time(lambda: jax.block_until_ready(dot(a)))
                                    for _ in range(repeats)) / 1e9}
   try:
-    import torch
+    torch = _torch()
   except ImportError:
     return rates
   t = torch.from_numpy(np.array(a))  # a writable copy
