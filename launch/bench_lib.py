@@ -369,11 +369,12 @@ def sgemm_gflops(n=2048, repeats=5):
   return rates
 
 
-def grid_point(name, B, T, F, H, repeats, anchors=("flax", "torch")):
+def grid_point(name, B, T, F, H, repeats, anchors=("flax", "torch"), sgemm_n=2048):
   """One cell at one grid point: seqjax's default, seqjax under `cells.autodiff_backward`, the
   anchors, train and inference, interleaved medians; the sgemm rate measured just before, and
-  each row's matmul GFLOP/s and share of that peak. Returns (rows, notes, versions)."""
-  rates = sgemm_gflops()
+  each row's matmul GFLOP/s and share of that peak (sgemm_n x sgemm_n products). Returns (rows,
+  notes, versions)."""
+  rates = sgemm_gflops(sgemm_n)
   peak = max(rates.values())
   got, notes, versions = contenders(name, B, T, F, H, unrolls=(seqjax.default_unroll(),),
                                     autodiff_row=True, anchors=anchors)

@@ -194,8 +194,8 @@ def test_a_stopped_suite_keeps_the_finished_sections_and_the_running_ones_rows(t
 def test_the_grid_times_every_row_at_a_tiny_point():
   from launch import bench_lib
   B, T, F, H = 3, 5, 2, 4
-  rows, notes, _ = bench_lib.grid_point("lstm", B, T, F, H, repeats=1)
-  rwa_rows, rwa_notes, _ = bench_lib.grid_point("rwa", B, T, F, H, repeats=1, anchors=())
+  rows, notes, _ = bench_lib.grid_point("lstm", B, T, F, H, repeats=1, sgemm_n=64)
+  rwa_rows, _, _ = bench_lib.grid_point("rwa", B, T, F, H, repeats=1, anchors=(), sgemm_n=64)
   impls = {(r["implementation"], r["kind"]) for r in rows}
   anchors = ["flax nn.RNN(OptimizedLSTMCell)"] + (["torch.nn.LSTM"] if _has_torch() else [])
   assert _has_torch() or "torch: torch not importable" in notes
