@@ -338,6 +338,7 @@ GRID_POINTS = ((64, 100, 3, 64), (100, 100, 2, 64), (100, 100, 2, 250), (16, 200
 TINY_GRID_POINTS = ((4, 6, 2, 8),)
 # Points with at least this many tokens (B * T) get at most LARGE_REPEATS timed repeats.
 LARGE_TOKENS, LARGE_REPEATS = 50_000, 3
+_PEAK_SEEN = {}  # sgemm size -> the best GFLOP/s measured so far in this process
 
 
 def matmul_flops(name, B, T, F, H, kind):
@@ -371,11 +372,14 @@ def sgemm_gflops(n=2048, repeats=5):
 
 def grid_point(name, B, T, F, H, repeats, anchors=("flax", "torch"), sgemm_n=2048):
   """One cell at one grid point: seqjax's default, seqjax under `cells.autodiff_backward`, the
-  anchors, train and inference, interleaved medians; the sgemm rate measured just before, and
+  anchors, train and inference, interleaved medians; the sgemm rate measured just before (the
+  peak: the best rate measured so far in this process), and
   each row's matmul GFLOP/s and share of that peak (sgemm_n x sgemm_n products). Returns (rows,
   notes, versions)."""
   rates = sgemm_gflops(sgemm_n)
-  peak = max(rates.values())
+  # the best rate this process has seen: a single measurement on a loaded machine can catch the
+  # cores busy and make a share of "peak" exceed 100%
+  _PEAK_SEEN[sgemm_n] = peak = max(_PEAK_SEEN.get(sgemm_n, 0.0), *rates.values())
   got, notes, versions = contenders(name, B, T, F, H, unrolls=(seqjax.default_unroll(),),
                                     autodiff_row=True, anchors=anchors)
   if B * T >= LARGE_TOKENS:
