@@ -243,20 +243,32 @@ def _time(fn):
   return time.perf_counter() - t
 
 
+def _time_both(fn):
+  """(wall seconds, CPU seconds of this process's threads) of one call."""
+  t, c = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - t, time.process_time() - c
+
+
 def time_rows(contenders, repeats, tokens):
   """Medians of `repeats` interleaved runs (after two warm-up runs each) of every contender's
-  train and inference steps, one row per (contender, kind); ratio = time / first contender's."""
+  train and inference steps, one row per (contender, kind); ratio = time / first contender's.
+  cpu_ms, cpu_ratio: the same for the process's CPU time, which on a machine shared with other
+  jobs tracks the work done where the wall time also counts the waiting for a core."""
   times = {(c.label, kind): [] for c in contenders for kind in ("train", "infer")}
   for c in contenders:  # warm-up: compile and first runs
     c.train(); c.train(); c.infer(); c.infer()
   for _ in range(repeats):
     for c in contenders:
-      times[(c.label, "train")].append(_time(c.train))
-      times[(c.label, "infer")].append(_time(c.infer))
-  med = {key: statistics.median(ts) for key, ts in times.items()}
+      times[(c.label, "train")].append(_time_both(c.train))
+      times[(c.label, "infer")].append(_time_both(c.infer))
+  med = {key: statistics.median(t for t, _ in ts) for key, ts in times.items()}
+  cpu = {key: statistics.median(c for _, c in ts) for key, ts in times.items()}
   first = contenders[0].label
   return [{"implementation": label, "kind": kind, "ms": 1000 * m, "tokens_per_s": tokens / m,
-           "ratio": m / med[(first, kind)]} for (label, kind), m in med.items()]
+           "ratio": m / med[(first, kind)], "cpu_ms": 1000 * cpu[(label, kind)],
+           "cpu_ratio": cpu[(label, kind)] / max(cpu[(first, kind)], 1e-9)}
+          for (label, kind), m in med.items()]
 
 
 def memory_table(cell, B, F, lengths):

@@ -127,7 +127,8 @@ def main_grid():
   report = {"command": "python -m launch.benchmark " + " ".join(sys.argv[1:]), "rows": [],
             "notes": [], "versions": {}}
   print(f"{'cell':5s} {'B,T,F,H':>16s} {'implementation':40s} {'kind':5s} {'ms':>9s} "
-        f"{'/default':>8s} {'GFLOP/s':>8s} {'peak':>6s}", flush=True)
+        f"{'/default':>8s} {'cpu ms':>9s} {'/default':>8s} {'GFLOP/s':>8s} {'peak':>6s}",
+        flush=True)
   for B, T, F, H in points:
     for name in names:
       rows, notes, versions = bench_lib.grid_point(name, B, T, F, H, REPEATS.value)
@@ -136,7 +137,8 @@ def main_grid():
       report["versions"].update(versions)
       for r in rows:
         print(f"{name:5s} {f'{B},{T},{F},{H}':>16s} {r['implementation']:40s} {r['kind']:5s} "
-              f"{r['ms']:9.2f} {r['ratio']:8.2f} {r['gflops']:8.1f} {r['share_of_peak']:6.1%}",
+              f"{r['ms']:9.2f} {r['ratio']:8.2f} {r['cpu_ms']:9.2f} {r['cpu_ratio']:8.2f} "
+              f"{r['gflops']:8.1f} {r['share_of_peak']:6.1%}",
               flush=True)
       if JSON.value:  # after every point, so a cut-off run keeps what it finished
         from seqjax.checkpoint import write_atomic
