@@ -206,6 +206,7 @@ def test_the_grid_times_every_row_at_a_tiny_point():
   assert "flax at seqjax's unroll: that is unroll 1, flax's default row" in notes
   for r in rows + rwa_rows:
     assert math.isfinite(r["ratio"]) and r["ratio"] > 0 and r["peak_gflops"] > 0
+    assert math.isfinite(r["cpu_ratio"]) and r["cpu_ms"] >= 0
     first = next(f for f in rows + rwa_rows if f["cell"] == r["cell"] and f["kind"] == r["kind"])
     assert abs(r["ratio"] - r["ms"] / first["ms"]) < 1e-9
     assert abs(r["share_of_peak"] - r["gflops"] / r["peak_gflops"]) < 1e-12
