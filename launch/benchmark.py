@@ -24,7 +24,10 @@ points (--grid_points, BxTxFxH each; --tiny: one tiny point), train and inferenc
 rows interleaved: seqjax's default, seqjax under cells.autodiff_backward, flax at unroll 1 and at
 seqjax's unroll, torch; each row's ratio to the default, and its matmul GFLOP/s as a share of the
 machine's sgemm rate measured just before the point (bench_lib.matmul_flops, sgemm_gflops).
-Points of >= 50,000 tokens get at most 3 repeats.
+Points of >= 50,000 tokens get at most 3 repeats. Every row has wall-clock and CPU-time
+medians and ratios: on a machine shared with other jobs the CPU time tracks the work.
+torch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set): spinning, they
+steal the cores of the next row timed.
 
 --suite: everything a lent accelerator session should measure, within --budget_s, one subprocess
 per section (tests, speed, runs, min, dtype, memory; --sections picks some), writing
