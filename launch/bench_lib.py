@@ -7,6 +7,7 @@ A row's `ratio` is its time / the first row's time of the same configuration (th
 seqjax's first variant), so > 1 means the reference is faster.
 """
 
+import os
 import statistics
 import time
 from typing import Callable, NamedTuple
@@ -115,9 +116,18 @@ def cudnn_fns(xs, hidden_size):
   return (params, tx.init(params)), jax.jit(step, donate_argnums=0), jax.jit(apply)
 
 
+def _torch():
+  """torch, its OpenMP threads waiting passively (unless OMP_WAIT_POLICY is set): spinning, they
+  steal the cores from the row timed next, and on a loaded 2-core machine a torch LSTM step took
+  8.5 s instead of 50 ms (B=64 T=100 H=64, median of 7). Read when torch first loads."""
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  import torch
+  return torch
+
+
 def torch_cuda():
   """True when JAX runs on a GPU and torch sees CUDA (torch is then timed there)."""
-  import torch
+  torch = _torch()
   return jax.default_backend() == "gpu" and torch.cuda.is_available()
 
 
@@ -130,7 +140,7 @@ def persistent_shapes(B, F, H):
 def torch_fns(name, xs_np, hidden_size, half=False):
   """torch.nn.LSTM/GRU/RNN with a linear head and Adam; `half`: params and data in fp16 (CUDA
   only), the precision at which cuDNN may take its persistent kernel."""
-  import torch
+  torch = _torch()
   torch.manual_seed(0)
   device = "cuda" if torch_cuda() else "cpu"
   rnn = getattr(torch.nn, TORCH_CELLS[name])(xs_np.shape[-1], hidden_size, batch_first=True)
@@ -259,20 +269,32 @@ def _time(fn):
   return time.perf_counter() - t
 
 
+def _time_both(fn):
+  """(wall seconds, CPU seconds of this process's threads) of one call."""
+  t, c = time.perf_counter(), time.process_time()
+  fn()
+  return time.perf_counter() - t, time.process_time() - c
+
+
 def time_rows(contenders, repeats, tokens):
   """Medians of `repeats` interleaved runs (after two warm-up runs each) of every contender's
-  train and inference steps, one row per (contender, kind); ratio = time / first contender's."""
+  train and inference steps, one row per (contender, kind); ratio = time / first contender's.
+  cpu_ms, cpu_ratio: the same for the process's CPU time, which on a machine shared with other
+  jobs tracks the work done where the wall time also counts the waiting for a core."""
   times = {(c.label, kind): [] for c in contenders for kind in ("train", "infer")}
   for c in contenders:  # warm-up: compile and first runs
     c.train(); c.train(); c.infer(); c.infer()
   for _ in range(repeats):
     for c in contenders:
-      times[(c.label, "train")].append(_time(c.train))
-      times[(c.label, "infer")].append(_time(c.infer))
-  med = {key: statistics.median(ts) for key, ts in times.items()}
+      times[(c.label, "train")].append(_time_both(c.train))
+      times[(c.label, "infer")].append(_time_both(c.infer))
+  med = {key: statistics.median(t for t, _ in ts) for key, ts in times.items()}
+  cpu = {key: statistics.median(c for _, c in ts) for key, ts in times.items()}
   first = contenders[0].label
   return [{"implementation": label, "kind": kind, "ms": 1000 * m, "tokens_per_s": tokens / m,
-           "ratio": m / med[(first, kind)]} for (label, kind), m in med.items()]
+           "ratio": m / med[(first, kind)], "cpu_ms": 1000 * cpu[(label, kind)],
+           "cpu_ratio": cpu[(label, kind)] / max(cpu[(first, kind)], 1e-9)}
+          for (label, kind), m in med.items()]
 
 
 def memory_table(cell, B, F, lengths):
@@ -344,3 +366,66 @@ def runs_looped():
   """The runner's way of training many runs on this backend: True = loop, False = vmap."""
   from seqjax import train
   return train.runs_one_at_a_time(runs_spread_over_devices=False)
+
+
+# ---- the research-size grid ----
+
+GRID_CELLS = ("lstm", "gru", "rnn", "rwa", "rda")
+GRID_POINTS = ((64, 100, 3, 64), (100, 100, 2, 64), (100, 100, 2, 250), (16, 200, 32, 256),
+               (32, 300, 8, 128), (100, 1000, 2, 128), (1, 10000, 2, 128))  # (B, T, F, H)
+TINY_GRID_POINTS = ((4, 6, 2, 8),)
+# Points with at least this many tokens (B * T) get at most LARGE_REPEATS timed repeats.
+LARGE_TOKENS, LARGE_REPEATS = 50_000, 3
+_PEAK_SEEN = {}  # sgemm size -> the best GFLOP/s measured so far in this process
+
+
+def matmul_flops(name, B, T, F, H, kind):
+  """The matrix-product FLOPs of one train step ("train": forward, the products backward to the
+  inputs and state, the weight gradients: 3x the forward) or one forward pass ("infer") of
+  `name` with the benchmark's linear readout (H -> 1): 2 * B * T * (every matrix's rows * cols +
+  H). Elementwise work is not counted, so a share of peak is an upper bound on the matmul
+  efficiency."""
+  params = jax.eval_shape(lambda: cells.get(name, H).init(jax.random.key(0), F))
+  size = sum(a.shape[0] * a.shape[1] for a in jax.tree.leaves(params) if a.ndim == 2)
+  return (3 if kind == "train" else 1) * 2 * B * T * (size + H)
+
+
+def sgemm_gflops(n=2048, repeats=5):
+  """This machine's float32 matmul rate (GFLOP/s, best of `repeats`) for an n x n product
+  through XLA and, when importable, torch; the peak is the larger."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  dot = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(dot(a))
+  rates = {"xla": 2 * n ** 3 / min(_time(lambda: jax.block_until_ready(dot(a)))
+                                   for _ in range(repeats)) / 1e9}
+  try:
+    torch = _torch()
+  except ImportError:
+    return rates
+  t = torch.from_numpy(np.array(a))  # a writable copy
+  torch.mm(t, t)
+  rates["torch"] = 2 * n ** 3 / min(_time(lambda: torch.mm(t, t)) for _ in range(repeats)) / 1e9
+  return rates
+
+
+def grid_point(name, B, T, F, H, repeats, anchors=("flax", "torch"), sgemm_n=2048):
+  """One cell at one grid point: seqjax's default, seqjax under `cells.autodiff_backward`, the
+  anchors, train and inference, interleaved medians; the sgemm rate measured just before (the
+  peak: the best rate measured so far in this process), and
+  each row's matmul GFLOP/s and share of that peak (sgemm_n x sgemm_n products). Returns (rows,
+  notes, versions)."""
+  rates = sgemm_gflops(sgemm_n)
+  # the best rate this process has seen: a single measurement on a loaded machine can catch the
+  # cores busy and make a share of "peak" exceed 100%
+  _PEAK_SEEN[sgemm_n] = peak = max(_PEAK_SEEN.get(sgemm_n, 0.0), *rates.values())
+  got, notes, versions = contenders(name, B, T, F, H, unrolls=(seqjax.default_unroll(),),
+                                    autodiff_row=True, anchors=anchors)
+  if B * T >= LARGE_TOKENS:
+    repeats = min(repeats, LARGE_REPEATS)
+  rows = []
+  for r in time_rows(got, repeats, B * T):
+    gflops = matmul_flops(name, B, T, F, H, r["kind"]) / (r["ms"] / 1000) / 1e9
+    rows.append({"cell": name, "B": B, "T": T, "F": F, "H": H, **r, "repeats": repeats,
+                 "gflops": gflops, "peak_gflops": peak, "share_of_peak": gflops / peak,
+                 **{f"sgemm_{k}_gflops": v for k, v in rates.items()}})
+  return rows, notes, versions

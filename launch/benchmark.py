@@ -2,6 +2,7 @@
 
   python -m launch.benchmark --cell=lstm --batch_size=100 --seq_len=1000 --input_size=2 --hidden_size=128
   python -m launch.benchmark --cell=min_rwa --versus=rwa --anchors= --seq_len=10000 --batch_size=10
+  python -m launch.benchmark --grid --cells=lstm,gru --grid_points=64x100x3x64,100x1000x2x128
   python -m launch.benchmark --suite --budget_s=540 --report_dir=bench/h200
 
 One configuration (the default mode): times, in one process, interleaved, the median of --repeats
@@ -17,6 +18,16 @@ and at every step) for several T, with and without remat. --runs=1,2,8 adds a ta
 step of N runs trained as one program (the one-run step mapped over a leading runs axis of params,
 Adam state and data, as launch.main --seeds does: jax.vmap, and jax.lax.map one run at a time, the
 runner's choice on CPU) against N times one run, interleaved in the same process.
+
+--grid: the research-size grid: cells lstm, gru, rnn, rwa, rda (--cells) at seven (B, T, F, H)
+points (--grid_points, BxTxFxH each; --tiny: one tiny point), train and inference, each point's
+rows interleaved: seqjax's default, seqjax under cells.autodiff_backward, flax at unroll 1 and at
+seqjax's unroll, torch; each row's ratio to the default, and its matmul GFLOP/s as a share of the
+machine's sgemm rate measured just before the point (bench_lib.matmul_flops, sgemm_gflops).
+Points of >= 50,000 tokens get at most 3 repeats. Every row has wall-clock and CPU-time
+medians and ratios: on a machine shared with other jobs the CPU time tracks the work.
+torch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set): spinning, they
+steal the cores of the next row timed.
 
 --suite: everything a lent accelerator session should measure, within --budget_s, one subprocess
 per section (tests, speed, runs, min, dtype, memory; --sections picks some), writing
@@ -79,7 +90,14 @@ BUDGET = flags.DEFINE_float("budget_s", 540, "--suite: seconds for the whole sui
                             "gets what is left (tests at most a third of it).")
 REPORT_DIR = flags.DEFINE_string("report_dir", None, "--suite: folder for report.json, report.md "
                                  "and logs/ (default bench/<date>-<backend>).")
-TINY = flags.DEFINE_boolean("tiny", False, "--suite: tiny sizes (a check of the suite itself).")
+TINY = flags.DEFINE_boolean("tiny", False, "--suite, --grid: tiny sizes (a check of the code "
+                            "itself).")
+GRID = flags.DEFINE_boolean("grid", False, "Time the research-size grid instead of one "
+                            "configuration (--cells, --grid_points, --repeats, --json apply).")
+GRID_CELLS = flags.DEFINE_list("cells", list(bench_lib.GRID_CELLS), "--grid: the cells.")
+GRID_POINTS = flags.DEFINE_list(
+    "grid_points", [], "--grid: points as BxTxFxH, e.g. 64x100x3x64,100x1000x2x128 (default: "
+    f"the grid's {len(bench_lib.GRID_POINTS)} points, or the tiny one with --tiny).")
 SECTIONS = flags.DEFINE_list("sections", list(suite.SECTIONS),
                              f"--suite: the sections to run, from {', '.join(suite.SECTIONS)}.")
 
@@ -93,10 +111,58 @@ def main_suite():
     sys.exit("stopped; the sections finished so far are in the report")
 
 
+def _grid_args():
+  """(cells, points) of the --grid flags; a RunError naming the flag when they are wrong."""
+  from launch.flags import parse_list
+  from seqjax.settings import check
+  names = parse_list("cells", GRID_CELLS.value, choices=bench_lib.GRID_CELLS)
+  if not GRID_POINTS.value:
+    return names, bench_lib.TINY_GRID_POINTS if TINY.value else bench_lib.GRID_POINTS
+  points = []
+  for spec in GRID_POINTS.value:
+    sizes = spec.split("x")
+    ok = len(sizes) == 4 and all(v.isdigit() and int(v) >= 1 for v in sizes)
+    check(ok, "grid_points", ",".join(GRID_POINTS.value),
+          f"{spec!r} is not BxTxFxH with four integers >= 1 (e.g. 64x100x3x64)")
+    points.append(tuple(map(int, sizes)))
+  return names, tuple(points)
+
+
+def main_grid():
+  from seqjax.settings import RunError
+  try:
+    names, points = _grid_args()
+  except RunError as e:
+    sys.exit(f"error: {e}")
+  report = {"command": "python -m launch.benchmark " + " ".join(sys.argv[1:]), "rows": [],
+            "notes": [], "versions": {}}
+  print(f"{'cell':5s} {'B,T,F,H':>16s} {'implementation':40s} {'kind':5s} {'ms':>9s} "
+        f"{'/default':>8s} {'cpu ms':>9s} {'/default':>8s} {'GFLOP/s':>8s} {'peak':>6s}",
+        flush=True)
+  for B, T, F, H in points:
+    for name in names:
+      rows, notes, versions = bench_lib.grid_point(name, B, T, F, H, REPEATS.value)
+      report["rows"] += rows
+      report["notes"] += [f"{name} {B}x{T}x{F}x{H}: {n}" for n in notes]
+      report["versions"].update(versions)
+      for r in rows:
+        print(f"{name:5s} {f'{B},{T},{F},{H}':>16s} {r['implementation']:40s} {r['kind']:5s} "
+              f"{r['ms']:9.2f} {r['ratio']:8.2f} {r['cpu_ms']:9.2f} {r['cpu_ratio']:8.2f} "
+              f"{r['gflops']:8.1f} {r['share_of_peak']:6.1%}",
+              flush=True)
+      if JSON.value:  # after every point, so a cut-off run keeps what it finished
+        from seqjax.checkpoint import write_atomic
+        write_atomic(JSON.value, json.dumps(report, indent=1))
+  for note in dict.fromkeys(report["notes"]):
+    print(f"note: {note}")
+
+
 def main(argv):
   del argv
   if SUITE.value:
     return main_suite()
+  if GRID.value:
+    return main_grid()
   if RUNS.value:
     from .flags import parse_list
     from seqjax.settings import RunError

@@ -1,7 +1,8 @@
 """`python -m launch.benchmark --suite`: everything a lent accelerator session should measure, in
 one command that stays within a time budget and keeps what it finished.
 
-Sections, in this order: tests (the accelerator test tier), speed, runs, min, dtype, memory. Each
+Sections, in this order: tests (the accelerator test tier), grid (launch.benchmark --grid), speed,
+runs, min, dtype, memory. Each
 runs in its own subprocess (`python -m launch.suite NAME OUT_JSON [--tiny]`, this module's entry)
 with the budget left as its timeout; the child rewrites OUT_JSON after every measured group, so a
 section cut off keeps its finished rows. After each section the driver rewrites DIR/report.json
@@ -22,7 +23,7 @@ from typing import NamedTuple
 
 from seqjax.checkpoint import write_atomic
 
-SECTIONS = ("tests", "speed", "runs", "min", "dtype", "memory")
+SECTIONS = ("tests", "grid", "speed", "runs", "min", "dtype", "memory")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tests may take at most this share of the whole budget, so the measurements always get time.
 TESTS_SHARE = 1 / 3
@@ -30,6 +31,7 @@ TESTS_SHARE = 1 / 3
 
 class Sizes(NamedTuple):
   repeats: int
+  grid: tuple  # (cells, ((B, T, F, H), ...)): launch.benchmark --grid's
   speed: tuple  # (B, T, F, H)
   persistent: tuple  # (B, T, F, H) of the CUDA fp16 rows: where cuDNN may take its persistent kernel
   runs: tuple  # (B, T, F, H, run counts)
@@ -41,14 +43,18 @@ class Sizes(NamedTuple):
 
 TEST_FILES = ("tests/test_cells.py", "tests/test_scan.py", "tests/test_min_cells.py",
               "tests/test_stack.py", "tests/test_groups.py", "tests/test_interop.py")
-FULL = Sizes(repeats=5, speed=(100, 1000, 2, 256), persistent=(104, 1000, 128, 256),
+FULL = Sizes(repeats=5, grid=(("lstm", "gru", "rnn", "rwa", "rda"),
+                               ((64, 100, 3, 64), (100, 100, 2, 64), (100, 100, 2, 250),
+                                (16, 200, 32, 256), (32, 300, 8, 128), (100, 1000, 2, 128),
+                                (1, 10000, 2, 128))),
+             speed=(100, 1000, 2, 256), persistent=(104, 1000, 128, 256),
              runs=(100, 1000, 2, 256, (1, 2, 8)),
              min=(128, 2, ((1000, 100), (10_000, 10), (100_000, 1))),
              dtype=(100, 1000, 2, 256, ("lstm", "rwa")),
              memory=(100, 2, 128, (1000, 10_000, 100_000), ("lstm", "rwa")),
              tests=TEST_FILES + ("-m", "not slow"))
 # Every section's code on the smallest shapes and fewest points, for a check of the suite itself.
-TINY = Sizes(repeats=1, speed=(4, 6, 2, 8), persistent=(8, 6, 128, 128), runs=(2, 6, 2, 8, (1, 2)),
+TINY = Sizes(repeats=1, grid=(("lstm", "rwa"), ((4, 6, 2, 8),)), speed=(4, 6, 2, 8), persistent=(8, 6, 128, 128), runs=(2, 6, 2, 8, (1, 2)),
              min=(8, 2, ((8, 2),)), dtype=(4, 6, 2, 8, ("lstm",)),
              memory=(4, 2, 8, (16,), ("lstm",)),
              tests=("tests/test_cells.py", "-m", "not slow", "-k",
@@ -100,6 +106,18 @@ def section_tests(rec, sizes):
   rec.add([{"test": f"total {outcome}", "outcome": n} for outcome, n in collect.counts.items()],
           [f"pytest {' '.join(sizes.tests)}: exit code {int(code)}"])
   return int(code)
+
+
+def section_grid(rec, sizes):
+  """launch.benchmark --grid: every cell at every point, smallest points first, so a cut-off
+  section keeps whole points."""
+  from launch import bench_lib
+  names, points = sizes.grid
+  for B, T, F, H in points:
+    for name in names:
+      rows, notes, versions = bench_lib.grid_point(name, B, T, F, H, sizes.repeats)
+      rec.add(rows, [f"{name} {_shape(B, T, F, H)}: {n}" for n in notes], versions)
+  return 0
 
 
 def section_speed(rec, sizes):
@@ -182,7 +200,7 @@ def section_memory(rec, sizes):
   return 0
 
 
-SECTION_FNS = {"tests": section_tests, "speed": section_speed, "runs": section_runs,
+SECTION_FNS = {"tests": section_tests, "grid": section_grid, "speed": section_speed, "runs": section_runs,
                "min": section_min, "dtype": section_dtype, "memory": section_memory}
 assert tuple(SECTION_FNS) == SECTIONS
 

@@ -9,10 +9,15 @@ the first; the weight gradients are taken after the loop from all steps at once,
 
 and, for wide inputs, dW_x, the biases and dxs the same way (narrow inputs recompute x·W_x per
 step and accumulate their small gradients in the loop). The step's own derivative is jax.vjp of
-`update`, or the cell's `UpdateBackward` where autodiff of it loses precision (the RWA). Same
+`update`, or the cell's `UpdateBackward` where autodiff of it loses precision (the RWA). On CPU
+at small hidden sizes (`backward_layout`) the backward loop instead keeps only the state,
+recomputes h·W_h and accumulates the hidden-side weight gradient in the loop: there the [T, B, K]
+buffers cost more memory traffic than the per-step product they save. Same
 numbers as autodiff up to the order of float additions — tested against jax.grad of the
 per-step loop in float64.
 """
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -67,16 +72,47 @@ def _rows(tree):
   return jax.tree.map(lambda a: a.reshape(-1, a.shape[-1]), tree)
 
 
+# Backends on which `backward_layout` may keep the weight gradients in the backward loop; on the
+# others (GPU, TPU) they are always taken after it. () forces "after" everywhere.
+IN_LOOP_ON = ("cpu",)
+# CPU, measured (BUILD_NOTES.md, "Research-size grid"): below this hidden size the [T, B, K]
+# buffers of the after-the-loop layout cost more memory traffic than the per-step weight-gradient
+# product they save (lstm train step, CPU time, in loop / after: H=32 0.96, H=64 0.81-0.99,
+# H=96 0.72; H=128 1.02-1.10, H=250 1.07, H=256 1.31); below this batch the in-loop product is
+# a thin update that gains nothing (B=1: 0.95 at H=64, 1.86 at H=128).
+IN_LOOP_BELOW_HIDDEN, IN_LOOP_FROM_BATCH = 112, 8
+
+
+def backward_layout(backend: str, batch: int, hidden_size: int, in_loop_on=None) -> str:
+  """The backward loop's layout for a cell of `hidden_size` run over `batch` sequences (the
+  product of the batch dims) on `backend` ("cpu", "gpu", "tpu"):
+
+  "after": keep h·W_h per step and take the hidden-side weight gradient after the loop, one
+    [H, T·B] x [T·B, K] product; "in_loop": keep only the state, recompute h·W_h and accumulate
+    h_{t-1}ᵀ·dpre_t in the loop (as autodiff does) — no [T, B, K] buffers written and read.
+  in_loop_on: the backends where "in_loop" may be chosen (default `IN_LOOP_ON`, read now).
+  """
+  in_loop_on = IN_LOOP_ON if in_loop_on is None else in_loop_on
+  if (backend in in_loop_on and hidden_size < IN_LOOP_BELOW_HIDDEN
+      and batch >= IN_LOOP_FROM_BATCH):
+    return "in_loop"
+  return "after"
+
+
 def fused_run(parts):
   """The `FastLoop.run` of a cell declared by its `LoopParts`."""
   def run(params, xs_T, state0, active_T, unroll, resets=None):
-    scan_fn = make_fused_scan(parts, unroll, store_input_projection=xs_T.shape[-1] > NARROW_INPUT)
+    batch = math.prod(xs_T.shape[1:-1])
+    layout = backward_layout(jax.default_backend(), batch, state0.h.shape[-1])
+    scan_fn = make_fused_scan(parts, unroll, store_input_projection=xs_T.shape[-1] > NARROW_INPUT,
+                              weights_in_loop=layout == "in_loop")
     at_T, reset_state = (None, None) if resets is None else resets
     return scan_fn(params, xs_T, state0, active_T, at_T, reset_state)
   return run
 
 
-def make_fused_scan(parts, unroll: int, store_input_projection: bool):
+def make_fused_scan(parts, unroll: int, store_input_projection: bool,
+                    weights_in_loop: bool = False):
   """Returns scan_fn(params, xs_T, state0, active_T, at_T, reset_state) -> (final_state, hs_T).
 
   xs_T: [T, *batch, F] (time-major); active_T: None or bool [T, *batch] (False = padding: the
@@ -85,6 +121,10 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
   store_input_projection: keep px for the backward pass and take the input-side gradients after
   the loop too (wide inputs), or recompute px and accumulate them in the loop (narrow inputs,
   where a [T, B, K] buffer costs more memory traffic than the small products it saves).
+  weights_in_loop: keep only the state per step, recompute ph = h·W_h in the backward loop and
+    accumulate the hidden-side weight gradient h_{t-1}ᵀ·dpre_t there (as autodiff does); or keep
+    ph and take that gradient after the loop from all steps at once (two [T, B, K] buffers, ph
+    and dpre, written and read: `backward_layout`'s "after").
   """
   project_x, project_h, update, takes_params, backward = parts
   update_p = update if takes_params else (lambda params, state, px, ph: update(state, px, ph))
@@ -114,8 +154,9 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
     return final, hs_T
 
   def fwd(params, xs_T, state0, active_T, at_T, reset_state):
-    keep = ((lambda state, px, ph: (state, ph, px)) if store_input_projection
-            else (lambda state, px, ph: (state, ph)))
+    def keep(state, px, ph):
+      return (state, None if weights_in_loop else ph,
+              *((px,) if store_input_projection else ()))
     final, (hs_T, residuals) = forward(params, xs_T, state0, active_T, at_T, reset_state, keep)
     return (final, hs_T), (params, xs_T, active_T, at_T, residuals, state0, final, reset_state)
 
@@ -130,6 +171,7 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
       d_state, d_params_acc, d_reset_acc = carry
       (state, ph, *px), x_t, dh, active, at = inp
       px = px[0] if px else project_x(params, x_t)
+      ph = project_h(params, state.h) if ph is None else ph
       if active is not None:
         dh = zero_inactive(active, dh)
       if backward is not None:
@@ -141,15 +183,23 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
         d_params_acc = jax.tree.map(jnp.add, d_params_acc, d_params_u)
       else:
         d_prev, dpx, dph = jax.vjp(update, state, px, ph)[1]((d_state, dh))
-      _, h_vjp = jax.vjp(lambda h: project_h(params, h), state.h)
-      d_prev = d_prev._replace(h=d_prev.h + h_vjp(dph)[0])
+      if active is not None:
+        dpx, dph = zero_inactive(active, (dpx, dph))
+      if weights_in_loop:
+        _, hp_vjp = jax.vjp(project_h, params, state.h)
+        d_params_h, dh_prev = hp_vjp(dph)
+        d_params_acc = jax.tree.map(jnp.add, d_params_acc, d_params_h)
+      else:
+        _, h_vjp = jax.vjp(lambda h: project_h(params, h), state.h)
+        dh_prev = h_vjp(dph)[0]
+      d_prev = d_prev._replace(h=d_prev.h + dh_prev)
       if active is not None:
         d_prev = select(active, d_prev, d_state)
-        dpx, dph = zero_inactive(active, (dpx, dph))
       if at is not None:
         # a reset step's state came from reset_state, not from the step before
         d_reset_acc = jax.tree.map(jnp.add, d_reset_acc, zero_inactive(at, leave(state, d_prev)))
         d_prev = zero_inactive(~at, d_prev)
+      dph = () if weights_in_loop else dph
       if store_input_projection:
         return (d_prev, d_params_acc, d_reset_acc), (dpx, dph)
       _, x_vjp = jax.vjp(project_x, params, x_t)
@@ -163,8 +213,9 @@ def make_fused_scan(parts, unroll: int, store_input_projection: bool):
         reverse=True, unroll=unroll)
     # All steps as one [T*B, .] matrix: XLA's CPU dot is ~2x faster on that than on [T, B, .]
     # contracted over two axes.
-    _, hp_vjp = jax.vjp(lambda p: project_h(p, _rows(residuals[0].h)), params)
-    d_params = jax.tree.map(jnp.add, d_params, hp_vjp(_rows(dphs_T))[0])
+    if not weights_in_loop:
+      _, hp_vjp = jax.vjp(lambda p: project_h(p, _rows(residuals[0].h)), params)
+      d_params = jax.tree.map(jnp.add, d_params, hp_vjp(_rows(dphs_T))[0])
     if store_input_projection:
       _, x_vjp = jax.vjp(project_x, params, _rows(xs_in))
       d_params_x, d_xs = x_vjp(_rows(d_in_T))

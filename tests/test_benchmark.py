@@ -2,6 +2,7 @@
 the suite keeps within its budget, records crashes and keeps every finished section."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -53,6 +54,14 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
 
 
+def _has_torch():
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
 def _quiet(line):
   del line
 
@@ -72,13 +81,18 @@ def test_tiny_suite_runs_every_section_and_reports_their_rows(tmp_path):
   assert [s["name"] for s in report["sections"]] == list(suite.SECTIONS)
   assert {s["name"]: s["status"] for s in report["sections"]} == dict.fromkeys(suite.SECTIONS, "ok")
   assert by_name["tests"]["rows"] == [{"test": "total passed", "outcome": 2}]
+  grid = {(r["cell"], r["implementation"], r["kind"]) for r in by_name["grid"]["rows"]}
+  assert {(c, i) for c, i, _ in grid} >= {("lstm", "seqjax lstm"), ("rwa", "seqjax rwa"),
+                                          ("rwa", "seqjax rwa (jax.grad backward)")}
   B, T = suite.TINY.speed[:2]
   speed = by_name["speed"]["rows"]
   impls = {(r["config"].split()[0], r["implementation"], r["kind"]) for r in speed}
+  torch_rows = (("lstm", "torch.nn.LSTM"), ("gru", "torch.nn.GRU")) if _has_torch() else ()
   assert impls == {(c, i, k) for c, i in (("lstm", "seqjax lstm"),
                                           ("lstm", "flax nn.RNN(OptimizedLSTMCell)"),
                                           ("gru", "seqjax gru"), ("gru", "flax nn.RNN(GRUCell)"),
-                                          ("rwa", "seqjax rwa")) for k in ("train", "infer")}
+                                          ("rwa", "seqjax rwa"), *torch_rows)
+                   for k in ("train", "infer")}
   for r in speed:
     assert abs(r["tokens_per_s"] - B * T / (r["ms"] / 1000)) < 1e-6 * r["tokens_per_s"]
     assert (r["ratio"] == 1.0) == r["implementation"].startswith("seqjax")
@@ -135,7 +149,7 @@ def test_a_crashing_section_is_failed_and_the_next_still_runs(tmp_path):
 @pytest.mark.parametrize("budget_s, sections, message", [
     (0, ["speed"], "--budget_s=0: must be a number of seconds > 0"),
     (-5.0, ["speed"], "--budget_s=-5.0: must be a number of seconds > 0"),
-    (10, ["speed", "fast"], "--sections=speed,fast: 'fast' is not one of tests, speed, runs, min"),
+    (10, ["speed", "fast"], "--sections=speed,fast: 'fast' is not one of tests, grid, speed, runs"),
     (10, [], "--sections=: give at least one value"),
 ])
 def test_bad_suite_arguments_are_named(budget_s, sections, message):
@@ -175,3 +189,31 @@ def test_a_stopped_suite_keeps_the_finished_sections_and_the_running_ones_rows(t
   assert second["status"] == "timeout" and second["rows"] == [{"x": 1.5}]
   assert second["notes"] == ["wrote", "suite stopped (SIGTERM); rows: those it finished"]
   assert "| 1.5 |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_grid_times_every_row_at_a_tiny_point():
+  from launch import bench_lib
+  B, T, F, H = 3, 5, 2, 4
+  rows, notes, _ = bench_lib.grid_point("lstm", B, T, F, H, repeats=1, sgemm_n=64)
+  rwa_rows, _, _ = bench_lib.grid_point("rwa", B, T, F, H, repeats=1, anchors=(), sgemm_n=64)
+  impls = {(r["implementation"], r["kind"]) for r in rows}
+  anchors = ["flax nn.RNN(OptimizedLSTMCell)"] + (["torch.nn.LSTM"] if _has_torch() else [])
+  assert _has_torch() or "torch: torch not importable" in notes
+  assert impls == {(i, k) for i in ["seqjax lstm", "seqjax lstm (jax.grad backward)", *anchors]
+                   for k in ("train", "infer")}
+  assert {(r["implementation"], r["kind"]) for r in rwa_rows} == {
+      (i, k) for i in ("seqjax rwa", "seqjax rwa (jax.grad backward)") for k in ("train", "infer")}
+  assert "flax at seqjax's unroll: that is unroll 1, flax's default row" in notes
+  for r in rows + rwa_rows:
+    assert math.isfinite(r["ratio"]) and r["ratio"] > 0 and r["peak_gflops"] > 0
+    assert math.isfinite(r["cpu_ratio"]) and r["cpu_ms"] >= 0
+    first = next(f for f in rows + rwa_rows if f["cell"] == r["cell"] and f["kind"] == r["kind"])
+    assert abs(r["ratio"] - r["ms"] / first["ms"]) < 1e-9
+    assert abs(r["share_of_peak"] - r["gflops"] / r["peak_gflops"]) < 1e-12
+    flops = bench_lib.matmul_flops(r["cell"], B, T, F, H, r["kind"])
+    assert abs(r["gflops"] - flops / r["ms"] * 1e-6) < 1e-9 * r["gflops"]
+  # the products counted by hand: lstm x [F, 4H], h [H, 4H]; rwa x 3 [F, H], h 2 [H, H]; readout
+  assert bench_lib.matmul_flops("lstm", B, T, F, H, "train") == 3 * 2 * B * T * (
+      F * 4 * H + H * 4 * H + H)
+  assert bench_lib.matmul_flops("rwa", B, T, F, H, "infer") == 2 * B * T * (3 * F * H + 2 * H * H + H)
+  assert suite.FULL.grid == (bench_lib.GRID_CELLS, bench_lib.GRID_POINTS)

@@ -107,6 +107,49 @@ def test_wide_inputs_keep_their_projection_and_match_the_literal_loop(name):
   _check_against_the_literal_loop(name, True, False, 40)
 
 
+_QUICK_IN_LOOP = (("lstm", True, True, F), ("rda", True, False, F), ("gru", True, False, 40),
+                  ("lstm+rwa", True, True, F))
+
+
+@pytest.mark.parametrize("name, with_lengths, remat, input_size", [
+    *_QUICK_IN_LOOP,
+    *[pytest.param(*case, marks=pytest.mark.slow) for case in
+      [(name, lengths, remat, F) for name in CELLS for lengths in (False, True)
+       for remat in (False, True)] + [("rnn", True, True, 40), ("rwa", True, False, 40)]
+      if case not in _QUICK_IN_LOOP]])
+def test_the_in_loop_layout_matches_the_literal_loop(name, with_lengths, remat, input_size,
+                                                     monkeypatch):
+  """The backward layout that keeps only the state and accumulates the weight gradients in the
+  loop (what `backward_layout` picks on CPU for small hidden sizes) gives the literal loop's
+  values and gradients, float64."""
+  layouts = []
+  make = _fused.make_fused_scan
+
+  def spy(*args, **kw):
+    layouts.append(kw["weights_in_loop"])
+    return make(*args, **kw)
+
+  monkeypatch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
+  monkeypatch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
+  monkeypatch.setattr(_fused, "make_fused_scan", spy)
+  _check_against_the_literal_loop(name, with_lengths, remat, input_size)
+  assert layouts and all(layouts)
+
+
+def test_backward_layout_rule():
+  """In the loop only on the backends of IN_LOOP_ON, below the hidden size and from the batch
+  measured on CPU; the after-the-loop products everywhere else (GPU, TPU: unchanged)."""
+  rule = _fused.backward_layout
+  H, B = _fused.IN_LOOP_BELOW_HIDDEN, _fused.IN_LOOP_FROM_BATCH
+  assert rule("cpu", 64, 64) == rule("cpu", B, H - 1) == "in_loop"
+  assert rule("cpu", 100, H) == rule("cpu", B - 1, 64) == rule("cpu", 1, 64) == "after"
+  assert rule("cpu", 100, 250) == rule("cpu", 1, 128) == rule("cpu", 100, 128) == "after"
+  for backend in ("gpu", "tpu"):
+    assert rule(backend, 64, 64) == rule(backend, 100, 128) == "after"
+  assert rule("cpu", 64, 64, in_loop_on=()) == "after"
+  assert rule("gpu", 64, 64, in_loop_on=("gpu",)) == "in_loop"
+
+
 def _check_against_the_literal_loop(name, with_lengths, remat, input_size):
   T = 10
   with jax.enable_x64(True):

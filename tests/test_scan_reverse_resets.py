@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import seqjax
-from seqjax import cells
+from seqjax import _fused, cells
 from helpers import assert_trees_close, random_params
 
 B, T, F, H = 4, 7, 3, 4
@@ -46,8 +46,14 @@ def _value_and_grads(run, params, xs, state0, w):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state0)
 
 
-@pytest.mark.parametrize("name", CELLS)
-def test_reverse_and_resets_equal_the_literal_loops(name):
+@pytest.mark.parametrize("name, layout", [*((name, "default") for name in CELLS),
+                                           ("lstm", "in_loop"), ("lstm+rwa", "in_loop")])
+def test_reverse_and_resets_equal_the_literal_loops(name, layout, monkeypatch):
+  """layout "in_loop": the backward layout that accumulates the weight gradients in the loop
+  (`_fused.backward_layout`'s choice on CPU at small sizes), forced at this tiny batch."""
+  if layout == "in_loop":
+    monkeypatch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
+    monkeypatch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
   with jax.enable_x64(True):
     cell = CELLS[name]()
     kp, kr, kx, ks, kw, kz = jax.random.split(jax.random.key(1), 6)
