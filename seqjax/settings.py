@@ -9,8 +9,8 @@ import math
 from typing import Any, Mapping, Optional
 
 import jax
-
 import jax.numpy as jnp
+import optax
 
 from seqjax import _plugins, cells, models, tasks, train
 from seqjax.bidirectional_layer import bidirectional
@@ -83,7 +83,10 @@ class Settings:
   dropout: float = _field(0.0, "Dropout probability on the non-recurrent connections (each "
                           "layer's input and the readout's input), fresh masks every step, "
                           "training only; 0 = off.", float)
-  optimizer: str = _field("adam", "optax optimizer (adam: the paper's).", str, train.OPTIMIZERS)
+  optimizer: str = _field("adam", f"optax optimizer: {', '.join(train.OPTIMIZERS)} (adam: the "
+                          "paper's), or MODULE:NAME (a factory of yours: factory(learning_rate), "
+                          "the rate a float or an optax schedule, returning an optax."
+                          "GradientTransformation).", str)
   weight_decay: float = _field(0.0, "Decoupled weight decay, --optimizer=adamw or lion.", float)
   momentum: float = _field(0.0, "Momentum in [0, 1), --optimizer=sgd or rmsprop; 0 = none.",
                            float)
@@ -95,6 +98,10 @@ class Settings:
                                       "--num_steps at the first launch; recorded, and kept when "
                                       "the run is resumed; past it the rate stays at the end "
                                       "value).", int)
+  allow_code_change: bool = _field(False, "Resume even though the source file of a MODULE:NAME "
+                                  "(cell, task, optimizer) changed since the run was trained "
+                                  "(config.json keeps each file's SHA-256 and the step it "
+                                  "began). Not recorded.", bool)
   tensorboard: bool = _field(False, "Also write TensorBoard event files in <run folder>/"
                              "tensorboard/.", bool)
   seed: Optional[int] = _field(None, "Seed for params, data stream and eval set (default 0).", int)
@@ -108,7 +115,7 @@ class Settings:
   remat: bool = _field(False, "Checkpoint the time loop (memory ~ sqrt(T)).", bool)
   bidirectional: bool = _field(False, "Each layer reads the sequence forwards and backwards "
                                "(outputs concatenated): for the tasks whose answer is due after "
-                               "the whole input (seq_length, reber, digits, mnist) and "
+                               "the whole input (seq_length, reber, digits, mnist, uea) and "
                                "binary_addition.", bool)
   dtype: str = _field("float32", "Matmul operand precision; bfloat16 keeps params and state in "
                       "float32.", str, tuple(DTYPES))
@@ -193,10 +200,12 @@ class Settings:
     them."""
     values = {**{f: getattr(self, f) for f in FIELDS}, **self.task_options}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
-            if self.applies(k)}
+            if self.applies(k) and k not in NOT_RECORDED}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# A permission for one launch, not part of the run.
+NOT_RECORDED = ("allow_code_change",)
 
 
 def _resolving(flag: str, value, what):
@@ -358,6 +367,11 @@ def validate(s: Settings) -> tasks.Task:
             f"{other!r} and {r!r} give the same folders lr{r:g}-s<seed>")
   _check_task_options(s)
   _validate_recipe(s)
+  check(s.optimizer in train.OPTIMIZERS or _plugins.is_spec(s.optimizer), "optimizer",
+        s.optimizer, f"allowed: {', '.join(train.OPTIMIZERS)}, or MODULE:NAME (a factory of "
+        "yours)")
+  if s.optimizer not in train.OPTIMIZERS:
+    _check_user_optimizer(s)
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
@@ -368,6 +382,8 @@ def validate(s: Settings) -> tasks.Task:
     check(s.readout == "linear", "bidirectional", True,
           "takes --readout=linear only (the attention readout attends causally, over one "
           "direction's states)")
+    check(not s.dropout, "bidirectional", True,
+          "takes no --dropout (its dropout is written for one direction's stacked layers)")
   fixed = tasks.defaults(s.task).get("seq_len")
   check(tasks.takes_seq_len(s.task) or fixed is None or s.seq_len == fixed, "seq_len", s.seq_len,
         f"the {s.task} task has a fixed length {fixed}")
@@ -460,6 +476,36 @@ def _check_user_task(s: Settings, task: tasks.Task) -> None:
         any(shape != (expected[0],) for shape in got.values()):
       raise RunError(f"{flag}: losses must return a dict with \"loss\" (and each metric) of "
                      f"shape [batch]; got {got}")
+
+
+def _check_user_optimizer(s: Settings) -> None:
+  """An optimizer factory of yours: importable, called with a learning rate as the run will
+  call it (a float, or a schedule where --lr_schedule is not constant) it returns an
+  optax.GradientTransformation, and its init and update trace on a tiny parameter tree."""
+  flag = f"--optimizer={s.optimizer}"
+  try:
+    _, factory = _plugins.load(s.optimizer)
+  except _plugins.PluginError as e:
+    raise RunError(f"{flag}: {e}") from None
+  rate = s.learning_rate or (s.learning_rates or (1e-3,))[0]
+  multiplier = train.lr_multiplier(s.lr_schedule, s.warmup_steps,
+                                   s.decay_steps or max(s.num_steps, 1))
+  try:
+    made = factory(rate if multiplier is None else (lambda count: rate * multiplier(count)))
+  except Exception as e:  # the user's code: whatever it raises, one line
+    raise RunError(f"{flag}: the factory raised {_plugins.first_line(e)}") from None
+  if not isinstance(made, optax.GradientTransformation):
+    raise RunError(f"{flag}: the factory returned {type(made).__name__}, not an "
+                   "optax.GradientTransformation")
+  tx = train.make_optimizer(rate, s.clip_norm or None, s.optimizer, lr_schedule=s.lr_schedule,
+                            warmup_steps=s.warmup_steps,
+                            decay_steps=s.decay_steps or max(s.num_steps, 1))
+  params = {"w": jnp.zeros((2, 2), jnp.float32)}
+  try:
+    jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), params)
+  except Exception as e:
+    raise RunError(f"{flag}: init and update on a tiny parameter tree (the rate a traced "
+                   f"array, as in a run) raised {_plugins.first_line(e)}") from None
 
 
 def _validate_recipe(s: Settings) -> None:

@@ -188,7 +188,8 @@ def test_launcher_bidirectional_where_the_answer_follows_the_whole_input(tmp_pat
   for task, reason in [
       ("adding", "refused on adding: its question is memory"),
       ("trajectory", "refused on trajectory: the reverse direction would read the future"),
-      ("copy", "refused on copy: its question is memory")]:
+      ("copy", "refused on copy: its question is memory"),
+      ("text", "refused on text: the reverse direction would read the future")]:
     with pytest.raises(experiment.RunError, match=f"^--bidirectional=True: {reason}"):
       experiment.run(Settings(task=task, bidirectional=True, workdir=str(tmp_path / task),
                               **tiny), log=lambda line: None)
@@ -196,6 +197,9 @@ def test_launcher_bidirectional_where_the_answer_follows_the_whole_input(tmp_pat
   with pytest.raises(experiment.RunError, match="takes --readout=linear only"):
     experiment.run(Settings(task="reber", bidirectional=True, readout="attention",
                             workdir=str(tmp_path / "a"), **tiny), log=lambda line: None)
+  with pytest.raises(experiment.RunError, match="takes no --dropout"):
+    experiment.run(Settings(task="reber", bidirectional=True, dropout=0.1,
+                            workdir=str(tmp_path / "d"), **tiny), log=lambda line: None)
   s = Settings(task="binary_addition", bidirectional=True, seed=0, **tiny).resolved()
   assert default_workdir(s).endswith("-gru-bi-T8-s0")
   experiment.run(Settings(task="binary_addition", bidirectional=True,
