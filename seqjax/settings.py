@@ -391,6 +391,9 @@ def validate(s: Settings) -> tasks.Task:
   task = _make_task(s)
   check(not _length_from_data(s.task) or task.seq_len == s.seq_len, "seq_len", s.seq_len,
         f"the {s.task} task's length is its data's longest series, {task.seq_len}")
+  check(task.stream is None or s.readout == "linear", "readout", s.readout,
+        f"the {s.task} task carries the cell state from window to window; it takes "
+        "--readout=linear only")
   if task.stream is not None:  # text: one window per stream in every split
     _resolving(f"batch_size={s.batch_size} --seq_len", s.seq_len,
                lambda: task.stream.windows(s.batch_size))

@@ -241,6 +241,7 @@ def stream_step(cfg: Config):
     updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {k: jnp.mean(v) for k, v in values.items()}
+    metrics["grad_norm"] = optax.tree.norm(grads)  # before any clipping (the optimizer's)
     return StreamState(state.step + 1, params, opt_state, jax.lax.stop_gradient(final)), metrics
 
   return train_step

@@ -1,6 +1,7 @@
 """The text task through the runner: resume with the carried state, a group of seeds as one
 program, the test part at the end, a corpus too short for the batch, sampling."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from seqjax import experiment, sampling
+from seqjax import checkpoint, experiment, sampling
 from seqjax.settings import RunError, Settings
 
 TIMING = ("examples_per_sec", "wall_time")
@@ -38,8 +39,11 @@ def _run(s):
 
 
 def _state(path):
+  """The train state a checkpoint holds (without the host-side entry)."""
   with open(path, "rb") as f:
-    return serialization.msgpack_restore(f.read())
+    saved = serialization.msgpack_restore(f.read())
+  saved.pop(checkpoint.HOST, None)
+  return saved
 
 
 def _rows(folder):
@@ -140,3 +144,22 @@ def test_sample_cli_streams_the_same_text_for_the_same_arguments(trained):
     assert out.returncode != 0 and out.stdout == b""
     assert out.stderr.strip().startswith(b"error: ") and says in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("changes,says", [
+    (dict(readout="attention"), "--readout=attention: the text task carries the cell state"),
+    (dict(dropout=1.0), "--dropout=1.0: must be a number in [0, 1)"),
+    (dict(task_options={"data_dir": "/nonexistent"}), "--data_dir=/nonexistent: not a folder"),
+    (dict(task_options={"corpus": "kjv"}), "no kjv corpus in"),
+    (dict(task_options={"corpus": "poems"}), "--corpus=poems: allowed: shakespeare, kjv"),
+    (dict(task_options={"eval_split": "train"}), "--eval_split=train: allowed: validation, test"),
+])
+def test_bad_text_settings_are_one_line_and_nothing_written(tmp_path, changes, says):
+  data = _corpus_dir(tmp_path)
+  out = tmp_path / "run"
+  s = text_settings(data, workdir=str(out))
+  if "task_options" in changes:
+    changes = dict(task_options={**s.task_options, **changes["task_options"]})
+  with pytest.raises(RunError) as e:
+    _run(dataclasses.replace(s, **changes))
+  assert says in str(e.value) and "\n" not in str(e.value) and not out.exists()

@@ -68,7 +68,9 @@ def read(data_dir: str, kind=None) -> tuple:
     raise CorpusError(f"corpus must be one of {', '.join(KINDS)}, got {kind!r}")
   files = _files(data_dir, kind)
   if not files:
-    raise CorpusError(f"no {kind} corpus in {data_dir}")
+    expected = {"shakespeare": SHAKESPEARE_TAR, "kjv": KJV_GLOB, "txt": "*.txt"}.get(
+        kind, f"{kind} or {kind}.zip")
+    raise CorpusError(f"no {kind} corpus in {data_dir} (expected {expected})")
   reader = {"shakespeare": _shakespeare, "kjv": _kjv, "txt": _txt}.get(kind, _enwik)
   data = reader(files)
   if not data:

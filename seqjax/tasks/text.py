@@ -18,6 +18,7 @@ accuracy (perplexity is added by the trainer).
 
 import hashlib
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -149,6 +150,8 @@ def make(seq_len: int = DEFAULTS["seq_len"], data_dir: str = None, corpus: str =
   """The text task on the corpus in data_dir (`seqjax.tasks.corpora`)."""
   if data_dir is None:
     raise OptionError("data_dir", data_dir, "the text task needs the folder holding its corpus")
+  if not os.path.isdir(data_dir):
+    raise OptionError("data_dir", data_dir, "not a folder")
   if corpus is not None and corpus not in corpora.KINDS:
     raise OptionError("corpus", corpus, f"allowed: {', '.join(corpora.KINDS)}")
   kind, data = corpora.read(data_dir, corpus)
