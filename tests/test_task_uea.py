@@ -172,6 +172,12 @@ def test_bad_options_and_disagreeing_files_are_refused_in_one_line(tmp_path):
       ("dataset", "../x", "a dataset name: letters, digits, _ and -")
   assert refusal(dataset="Toy", data_dir=str(tmp_path / "none")) == \
       ("data_dir", str(tmp_path / "none"), "not a folder")
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  (broken / "sktime-1.0-py3-none-any.whl").write_bytes(b"not a zip")
+  with pytest.raises(ValueError, match=f"^{broken / 'sktime-1.0-py3-none-any.whl'}: not a "
+                     "readable zip"):
+    uea.make("Toy", str(broken))
   with pytest.raises(ValueError, match="must be one of test, validation"):
     uea.make("Toy", write(tmp_path / "d"), eval_split="train")
   other = HEADER.replace("@classLabel true a b c", "@classLabel true a b c d")
