@@ -187,7 +187,8 @@ def test_a_config_json_recorded_with_options_at_the_top_level_resumes(tmp_path):
   assert settings_keys == {"model", "task", "seq_len", "bit_order", "hidden_size", "num_layers",
                            "readout", "batch_size", "num_steps", "learning_rate", "clip_norm", "dropout",
                            "optimizer", "lr_schedule", "tensorboard", "seed", "eval_every",
-                           "eval_size", "unroll", "remat", "dtype", "num_devices", "workdir"}
+                           "eval_size", "unroll", "remat", "bidirectional", "dtype", "num_devices",
+                           "workdir"}
   s, _, _ = workdir.load(str(folder))
   assert s.task_options == {"bit_order": "msb_first"} and s.seq_len == 4
   # resumed from that file with the option given again; refused with another value
