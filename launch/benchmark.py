@@ -26,12 +26,12 @@ report.json and report.md into --report_dir after each section (see launch/suite
 import json
 import sys
 
-from absl import app, flags
+from absl import flags
 
 import jax
 import jax.numpy as jnp
 
-from launch import bench_lib, suite
+from . import _cli, bench_lib, suite
 import seqjax
 from seqjax import cells
 
@@ -98,7 +98,7 @@ def main(argv):
   if SUITE.value:
     return main_suite()
   if RUNS.value:
-    from launch.flags import parse_list
+    from .flags import parse_list
     from seqjax.settings import RunError
     try:
       counts = list(parse_list("runs", RUNS.value, int, minimum=1))
@@ -145,5 +145,10 @@ def main(argv):
       json.dump(report, f, indent=2)
 
 
+def cli():
+  """The console script (seqjax-benchmark)."""
+  _cli.start(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -6,10 +6,10 @@
 
 Each (model, layers, bit order, readout) configuration trains its runs (--seeds x
 --learning_rates) at once, as one program, in its own folder under --workdir (default
-runs/compare-<task>-T<T>), one subfolder per run, so a comparison resumes like a run. Then
-`compare.png` (eval metric vs step: mean and min-max band over seeds) and `results.md` (steps to
-the paper's threshold, final metrics, wall time; from the runs' metrics) are written there. All
-other flags are launch.main's.
+runs/compare-<task>[-<dataset>]-T<T>), one subfolder per run, so a comparison resumes like a
+run. Then `compare.png` (eval metric vs step: mean and min-max band over seeds) and `results.md`
+(steps to the paper's threshold, final metrics, wall time; from the runs' metrics) are written
+there. All other flags are launch.main's.
 """
 
 import dataclasses
@@ -17,9 +17,9 @@ import itertools
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from launch import flags as run_flags
+from . import _cli, flags as run_flags
 from seqjax import cells, checkpoint, experiment, models, plots, report
 from seqjax.settings import folder_name
 from seqjax.tasks.binary_addition import BIT_ORDERS as ORDERS
@@ -61,8 +61,9 @@ def configurations():
   base = run_flags.settings()
   if not base.is_group:  # a comparison is always of groups (one seed at least)
     base = dataclasses.replace(base, seeds=(base.seed,), seed=None)
+  dataset = f"-{base.task_options['dataset']}" if "dataset" in base.task_options else ""
   root = run_flags.HOLDERS["workdir"].value or \
-      f"runs/compare-{folder_name(base.task)}-T{base.seq_len}"
+      f"runs/compare-{folder_name(base.task)}{dataset}-T{base.seq_len}"
   groups = []
   for model, n, order, readout in itertools.product(names, layers, orders, readouts):
     label = model + (f" x{n}" if len(layers) > 1 or n > 1 else "")
@@ -113,5 +114,10 @@ def main(argv):
   run_flags.run_or_exit(argv, compare)
 
 
+def cli():
+  """The console script (seqjax-compare)."""
+  _cli.start(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

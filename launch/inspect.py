@@ -17,7 +17,9 @@ The work is `seqjax.introspect.inspect_runs`; this module only reads the flags.
 
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from . import _cli
 
 from seqjax import checkpoint, experiment, introspect
 from seqjax.settings import check_int
@@ -53,5 +55,10 @@ def main(argv):
   print(f"wrote {', '.join(written)}")
 
 
+def cli():
+  """The console script (seqjax-inspect)."""
+  _cli.start(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

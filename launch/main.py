@@ -9,9 +9,7 @@ loop is seqjax/experiment.py.
 
 import sys
 
-from absl import app
-
-from launch import flags as run_flags
+from . import _cli, flags as run_flags
 from seqjax import experiment
 
 run_flags.define_settings()
@@ -22,5 +20,10 @@ def main(argv):
                                                      argv=sys.argv))
 
 
+def cli():
+  """The console script (seqjax-train)."""
+  _cli.start(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -10,8 +10,9 @@ is `seqjax.sampling`; this module only reads the flags.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
+from . import _cli
 from seqjax import checkpoint, experiment, sampling
 from seqjax.settings import check, check_int
 
@@ -50,5 +51,10 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
+def cli():
+  """The console script (seqjax-sample)."""
+  _cli.start(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

@@ -75,7 +75,7 @@ def _shape(B, T, F, H):
 
 
 def _speed_config(rec, name, B, T, F, H, repeats, label, **kw):
-  from launch import bench_lib
+  from . import bench_lib
   got, notes, versions = bench_lib.contenders(name, B, T, F, H, **kw)
   rows = bench_lib.time_rows(got, repeats, B * T)
   rec.add([{"config": label, **r} for r in rows], [f"{label}: {n}" for n in notes], versions)
@@ -108,7 +108,7 @@ def section_speed(rec, sizes):
   torch fp16 and seqjax bfloat16 beside float32."""
   import jax
   import seqjax
-  from launch import bench_lib
+  from . import bench_lib
   B, T, F, H = sizes.speed
   u = seqjax.default_unroll()
   for name in ("lstm", "gru", "rwa"):
@@ -133,7 +133,7 @@ def section_speed(rec, sizes):
 
 def section_runs(rec, sizes):
   """One train step of 1, 2, 8 runs as one program against that many single runs."""
-  from launch import bench_lib
+  from . import bench_lib
   from seqjax import cells
   B, T, F, H, counts = sizes.runs
   rows = bench_lib.runs_table(cells.get("lstm", H), B, T, F, counts, sizes.repeats)
@@ -168,7 +168,7 @@ def section_dtype(rec, sizes):
 
 def section_memory(rec, sizes):
   """XLA temporaries (MiB) of the train step, plain and remat, outputs read last / every step."""
-  from launch import bench_lib
+  from . import bench_lib
   from seqjax import cells
   B, F, H, lengths, names = sizes.memory
   for name in names:
@@ -199,7 +199,9 @@ def child_main(argv):
 # ---- the driver ----
 
 def section_command(name, out_json, tiny):
-  return [sys.executable, "-m", "launch.suite", name, out_json] + (["--tiny"] if tiny else [])
+  # __package__: launch from a checkout, seqjax_launch installed from a wheel
+  return [sys.executable, "-m", f"{__package__}.suite", name, out_json] + \
+      (["--tiny"] if tiny else [])
 
 
 def device_header():
@@ -210,7 +212,8 @@ def device_header():
           "backend": jax.default_backend(), "jax_version": jax.__version__}
 
 
-PROBE = "import json; from launch.suite import device_header; print(json.dumps(device_header()))"
+PROBE = (f"import json; from {__package__}.suite import device_header; "
+         "print(json.dumps(device_header()))")
 
 
 def probe(timeout):
@@ -266,7 +269,7 @@ def write_report(report_dir, report):
 def check_args(budget_s, sections, report_dir):
   """The suite's arguments checked before anything runs: the sections as a tuple (a RunError
   naming the flag otherwise)."""
-  from launch.flags import parse_list
+  from .flags import parse_list
   from seqjax.settings import check
   check(isinstance(budget_s, (int, float)) and budget_s > 0, "budget_s", budget_s,
         "must be a number of seconds > 0")

@@ -9,7 +9,9 @@ final eval metrics (--metrics=accuracy,sequence_accuracy to choose), wall time. 
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from . import _cli
 
 from seqjax import plots, report
 
@@ -53,5 +55,10 @@ def _summarize(workdirs):
     print(f"figure: {FIGURE.value}")
 
 
+def cli():
+  """The console script (seqjax-summarize)."""
+  _cli.start(main, sys.modules[__name__])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  cli()

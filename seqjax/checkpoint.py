@@ -2,6 +2,7 @@
 atomically: a crash mid-write leaves the previous checkpoint as it was."""
 
 import os
+from typing import Optional
 
 import jax
 from flax import serialization
@@ -17,17 +18,39 @@ def path_in(workdir: str) -> str:
   return os.path.join(workdir, FILENAME)
 
 
-def save(path: str, state) -> None:
-  data = serialization.to_bytes(jax.device_get(state))
-  write_atomic(path, data)
+# The key of the host-side values (a dict of arrays) saved next to the state in the same file,
+# so both are written in one atomic replace.
+HOST = "host"
+
+
+def save(path: str, state, host: Optional[dict] = None) -> None:
+  """state, and `host` (arrays the training loop keeps on the host, e.g. the running train-loss
+  sum) read back by `read_host`."""
+  tree = serialization.to_state_dict(jax.device_get(state))
+  if host:
+    tree = dict(tree, **{HOST: host})
+  write_atomic(path, serialization.msgpack_serialize(tree))
+
+
+def _read(path: str) -> dict:
+  with open(path, "rb") as f:
+    return serialization.msgpack_restore(f.read())
+
+
+def read_host(path: str) -> dict:
+  """The host values saved with the state ({} where none were)."""
+  try:
+    return dict(_read(path).get(HOST) or {})
+  except Exception as e:  # restore has already read it; anything here is a corrupt file
+    raise CheckpointError(f"checkpoint {path} is corrupt ({type(e).__name__})") from None
 
 
 def restore(path: str, target):
   """Restores into the structure of `target` (shapes and dtypes must match exactly)."""
   try:
-    with open(path, "rb") as f:
-      data = f.read()
-    restored = serialization.from_bytes(target, data)
+    tree = _read(path)
+    tree.pop(HOST, None)
+    restored = serialization.from_state_dict(target, tree)
   except Exception as e:  # msgpack, structure and shape errors all mean the same to the user
     raise CheckpointError(f"checkpoint {path} is corrupt or does not match this configuration "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None

@@ -95,12 +95,20 @@ def run(s: Settings, log: Callable[[str], None] = print, progress_secs: float = 
   """
   s, task = _settings(s, log)
   lead = jax.process_index() == 0
-  folders = Folders(s, lead=lead, metric=main_metric(task))
+  # a stream task's data (text: the corpus kind, bytes, SHA-256, vocabulary) is recorded too
+  folders = Folders(s, lead=lead, metric=main_metric(task),
+                    data=task.stream.info or {} if task.stream is not None else {})
   loop = _Loop(s, task, folders, log, provenance(argv))
-  makes = ([writers_lib.TensorBoard] if s.tensorboard else []) + list(writers)
-  with writers_lib.Writers(makes if lead else [], [r.workdir for r in folders.runs],
-                           loop.rows) as out, _StopOnSignal() as stop:
+  settings_of = {r.workdir: r.recorded() for r in folders.runs}
+  tensorboard = [lambda folder: writers_lib.TensorBoard(
+      folder, hparams=settings_of[folder],
+      metrics=["eval_loss"] + ([f"eval_{loop.metric}"] if loop.metric != "loss" else []))] \
+      if s.tensorboard and lead else []
+  with writers_lib.Writers(list(writers) if lead else [], [r.workdir for r in folders.runs],
+                           loop.rows, training=tensorboard) as out, _StopOnSignal() as stop:
     loop.out, signum = out, 0
+    if loop.step == 0:
+      loop.evaluate_and_save()  # the untrained model: the row of step 0
     while loop.step < s.num_steps and loop.live() and not (signum := stop.agreed()):
       loop.train()
       if loop.step % s.eval_every == 0 or loop.step == s.num_steps:
@@ -149,14 +157,12 @@ class _Loop:
         parallel.replicated(mesh)
     fresh = train.GroupState(_stacked([train.init_state(tcfg, train.param_key(r.seed))
                                        for r in runs]), np.ones(R := self.R, bool))
-    state, self.rows, self.diverged = folders.restore(fresh)
+    state, self.rows, self.diverged, running = folders.restore(fresh)
     self.step = int(np.max(state.runs.step))
     if self.step:
       log(f"resuming {s.workdir} from step {self.step}")
-    # a stream task's data (text: the corpus kind, bytes, SHA-256, vocabulary) is recorded too
-    folders.start(self.rows, num_devices=mesh.size, num_processes=jax.process_count(),
-                  backend=jax.default_backend(), **extra,
-                  **(task.stream.info or {} if task.stream is not None else {}))
+    folders.start(self.rows, step=self.step, num_devices=mesh.size,
+                  num_processes=jax.process_count(), backend=jax.default_backend(), **extra)
     self.state = parallel.put(state, placed)
     self.seeds = parallel.put(np.array([r.seed for r in runs], np.int32), placed)
     size, shared = task.held_out_size or s.eval_size, task.held_out_size is not None
@@ -170,22 +176,30 @@ class _Loop:
     self.wall_offset = [(report.evaluations(r) or [{"wall_time": 0.0}])[-1]["wall_time"]
                         for r in self.rows]
     self.t_start = _clock()  # wall_time counts compilation; examples_per_sec does not
+    one_at_a_time = train.runs_one_at_a_time(axis == parallel.RUNS)
+    # XLA:CPU generates part of a program's code at its first execution: run each program
+    # once before the clock starts, the step on a copy of the state (it donates its input),
+    # and drop the results
     if self.step < s.num_steps:
-      one_at_a_time = train.runs_one_at_a_time(axis == parallel.RUNS)
       self.train_step = train.make_group_step(tcfg, R, placed, parallel.replicated(mesh),
                                               one_at_a_time).lower(self.state, self.seeds).compile()
+      copy = parallel.put(jax.tree.map(np.array, state), placed)  # new buffers: donated
+      jax.block_until_ready(self.train_step(copy, self.seeds))
+    if self.step < s.num_steps or self.step == 0:  # step 0 is evaluated even with no steps
       self.evaluate = train.make_group_evaluate(
           tcfg, R, shared, parallel.replicated(mesh), one_at_a_time).lower(
               self.state.runs.params, self.held_out).compile()
-      # XLA:CPU generates part of a program's code at its first execution: run each program
-      # once before the clock starts, the step on a copy of the state (it donates its input),
-      # and drop the results
-      copy = parallel.put(jax.tree.map(np.array, state), placed)  # new buffers: donated
-      jax.block_until_ready(self.train_step(copy, self.seeds))
       jax.block_until_ready(self.evaluate(self.state.runs.params, self.held_out))
     self.t_interval = self.t_print = _clock()
-    self.losses, self.interval_steps, self.pending = [[] for _ in runs], 0, None
+    # the train losses since the last evaluation, per run: their sum (float64, in step order)
+    # and count, checkpointed, so a resumed run's next row is the uninterrupted run's; the last
+    # loss and gradient norm, for the progress line and the writers
+    self.loss_sum = np.array(running.get("train_loss_sum", np.zeros(R)), np.float64)
+    self.loss_count = np.array(running.get("train_loss_count", np.zeros(R)), np.int64)
+    self.last_loss, self.grad_norm = [None] * R, [None] * R
+    self.interval_steps, self.pending = 0, None
     self.frozen = len(self.diverged)  # runs the device knows are frozen
+    self.saved_step = self.step  # the step of the last checkpoint
     self.metric, self.out = main_metric(task), None
 
   def live(self):
@@ -212,18 +226,20 @@ class _Loop:
       elif not finite[i]:
         self._diverge(i, at_step, "the update is not finite")
       else:
-        self.losses[i].append(loss[i])
+        self.loss_sum[i] += float(loss[i])
+        self.loss_count[i] += 1
+        self.last_loss[i] = float(loss[i])
+        self.grad_norm[i] = float(metrics["grad_norm"][i])
 
   def _diverge(self, i, at_step, what):
     s = self.s
     if not s.is_group:
-      if not os.path.exists(checkpoint.path_in(s.workdir)):
-        raise RunError(f"training diverged: {what} at step {at_step}; no checkpoint yet (one "
-                       f"is written at each evaluation, every --eval_every={s.eval_every} steps); "
-                       "the same command with a lower --learning_rate starts afresh")
+      if not os.path.exists(checkpoint.path_in(s.workdir)):  # the untrained model's evaluation
+        raise RunError(f"training diverged: {what} at step {at_step}, the untrained model; no "
+                       "checkpoint was written")
       raise RunError(f"training diverged: {what} at step {at_step}; the last good checkpoint "
-                     f"(in {s.workdir}) is kept; the same command with a lower --learning_rate "
-                     "resumes from it")
+                     f"(step {self.saved_step}, in {s.workdir}) is kept; the same command with a "
+                     "lower --learning_rate resumes from it")
     self.diverged[i] = at_step
     self.rows[i].append({"step": at_step, "diverged_at_step": at_step})
     self.log(f"{self.names[i]} diverged: {what} at step {at_step}; frozen at its last good "
@@ -232,17 +248,19 @@ class _Loop:
   def evaluate_and_save(self):
     self._take_pending()
     now = self._evaluate()
+    self.loss_sum[:], self.loss_count[:] = 0.0, 0
     self._save()
-    self.t_interval, self.losses, self.interval_steps = now, [[] for _ in self.losses], 0
+    self.t_interval, self.interval_steps = now, 0
     done = [self.rows[i][-1] for i in self.live()]
     if done:
       metric = self.metric
-      self.log(f"step {self.step}/{self.s.num_steps}  train_loss "
-               f"{_spread([r['train_loss'] for r in done])}  eval_loss "
-               f"{_spread([r['eval_loss'] for r in done])}  eval_{metric} "
-               f"{_spread([r.get('eval_' + metric, math.nan) for r in done])}  "
-               f"{sum(r['examples_per_sec'] for r in done):.0f} ex/s" + self._tokens(
-                   sum(r['examples_per_sec'] for r in done)))
+      trained = self.step > 0  # step 0's row has no train_loss nor speed
+      speed = sum(r["examples_per_sec"] for r in done) if trained else 0.0
+      self.log(f"step {self.step}/{self.s.num_steps}  "
+               + (f"train_loss {_spread([r['train_loss'] for r in done])}  " if trained else "")
+               + f"eval_loss {_spread([r['eval_loss'] for r in done])}  eval_{metric} "
+               f"{_spread([r.get('eval_' + metric, math.nan) for r in done])}"
+               + (f"  {speed:.0f} ex/s" + self._tokens(speed) if trained else ""))
     self.t_print = _clock()
 
   def _evaluate(self) -> float:
@@ -256,14 +274,17 @@ class _Loop:
       if not math.isfinite(values["loss"][i]):
         self._diverge(i, step, f"evaluation loss is {values['loss'][i]}")
         continue
-      losses = self.losses[i]
-      row = {"step": step, "train_loss": float(np.mean(losses)) if losses else math.nan,
-             "eval_loss": float(values["loss"][i])}
+      row = {"step": step}
+      if step:  # step 0: the untrained model, only its evaluation
+        count = self.loss_count[i]
+        row["train_loss"] = float(self.loss_sum[i] / count) if count else math.nan
+      row["eval_loss"] = float(values["loss"][i])
       row.update({f"eval_{k}": float(v[i]) for k, v in values.items() if k != "loss"})
-      if s.task_options.get("feedback") == "scheduled":
+      if s.task_options.get("feedback") == "scheduled" and step:
         row["teacher_forcing"] = float(train.teacher_forcing(self.tcfg, step))
-      row["examples_per_sec"] = self.interval_steps * s.batch_size / max(now - self.t_interval,
-                                                                         1e-9)
+      if step:
+        row["examples_per_sec"] = self.interval_steps * s.batch_size / max(
+            now - self.t_interval, 1e-9)
       row["wall_time"] = self.wall_offset[i] + now - self.t_start
       self.rows[i].append(row)
     return now
@@ -275,14 +296,29 @@ class _Loop:
       alive = np.array([i not in self.diverged for i in range(self.R)])
       self.state = self.state._replace(alive=parallel.put(alive, self.placed))
       self.frozen = len(self.diverged)
-    self.folders.save(parallel.fetch(self.state), self.rows, self.diverged)
-    self.out.send(self.rows)
+    self.folders.save(parallel.fetch(self.state), self.rows, self.diverged,
+                      {"train_loss_sum": self.loss_sum, "train_loss_count": self.loss_count})
+    self.saved_step = self.step
+    self.out.send(self.rows, self._training_scalars())
+
+  def _training_scalars(self):
+    """Per run, {step: the learning rate of the next update (the run's rate times the
+    schedule), and the global gradient norm of the last step, before clipping}."""
+    multiplier = train.lr_multiplier(self.s.lr_schedule, self.s.warmup_steps, self.s.decay_steps)
+    scale = 1.0 if multiplier is None else float(multiplier(self.step))
+    out = []
+    for i, run in enumerate(self.folders.runs):
+      scalars = {"learning_rate": run.learning_rate * scale}
+      if self.grad_norm[i] is not None:
+        scalars["grad_norm"] = self.grad_norm[i]
+      out.append({self.step: scalars})
+    return out
 
   def log_progress(self):
     now = _clock()
     rate = self.interval_steps / max(now - self.t_interval, 1e-9)
     eta = (self.s.num_steps - self.step) / max(rate, 1e-9)
-    latest = [self.losses[i][-1] for i in self.live() if self.losses[i]]
+    latest = [self.last_loss[i] for i in self.live() if self.last_loss[i] is not None]
     self.log(f"step {self.step}/{self.s.num_steps}  "
              + (f"loss {_spread(latest)}  " if latest else "")
              + f"{rate:.1f} steps/s" + self._tokens(rate * self.s.batch_size * len(self.live()))

@@ -22,13 +22,16 @@ def _save(fig, plt, path):
 
 
 def learning_curves(rows, path: str, title: str, metric: str) -> None:
-  """rows: metrics.jsonl records. Left: train and eval loss (log scale); right: eval_<metric>."""
+  """rows: metrics.jsonl records. Left: train and eval loss (log scale); right: eval_<metric>
+  (step 0, the untrained model, is an evaluation only)."""
   plt = _pyplot()
   steps = [r["step"] for r in rows]
   fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 3.8))
   for key, label in [("train_loss", "train"), ("eval_loss", "eval")]:
-    ax_loss.plot(steps, [r[key] for r in rows], label=label)
-  if all(r["train_loss"] > 0 and r["eval_loss"] > 0 for r in rows):
+    # the row of step 0 (the untrained model) has no train_loss
+    ax_loss.plot([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r],
+                 label=label)
+  if all(r.get(k, 1) > 0 for r in rows for k in ("train_loss", "eval_loss")):
     ax_loss.set_yscale("log")
   ax_loss.set(xlabel="training step", ylabel="loss", title="loss")
   ax_loss.legend()

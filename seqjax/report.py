@@ -88,7 +88,9 @@ def read_run(workdir: str):
 
 def steps_to_threshold(rows, metric: str, direction: str, value: float):
   """The first evaluation step at which the rolling mean of the last ROLLING evaluations of
-  eval_<metric> crosses `value`, or None if it never does."""
+  eval_<metric> crosses `value`, or None if it never does. The evaluations are the paper's,
+  those after training steps: the untrained model's (step 0) is not one of them."""
+  rows = [r for r in rows if r["step"] > 0]
   series = [r[f"eval_{metric}"] for r in rows]
   for i in range(len(series)):
     window = series[max(0, i - ROLLING + 1):i + 1]
@@ -106,7 +108,8 @@ def _evaluated_every(configs) -> str:
 
 def task_label(config) -> str:
   """The task column: the task and the settings that change its data (only those recorded)."""
-  notes = [config["bit_order"] if config["task"] == "binary_addition" else None,
+  notes = [config.get("dataset"),
+           config["bit_order"] if config["task"] == "binary_addition" else None,
            config.get("corpus_kind"),
            f"R={config['num_segments']}" if "num_segments" in config else None,
            f"data_rules={config['data_rules']}" if config.get("data_rules", "paper") != "paper"

@@ -9,8 +9,8 @@ import math
 from typing import Any, Mapping, Optional
 
 import jax
-
 import jax.numpy as jnp
+import optax
 
 from seqjax import _plugins, cells, models, tasks, train
 from seqjax.bidirectional_layer import bidirectional
@@ -83,7 +83,10 @@ class Settings:
   dropout: float = _field(0.0, "Dropout probability on the non-recurrent connections (each "
                           "layer's input and the readout's input), fresh masks every step, "
                           "training only; 0 = off.", float)
-  optimizer: str = _field("adam", "optax optimizer (adam: the paper's).", str, train.OPTIMIZERS)
+  optimizer: str = _field("adam", f"optax optimizer: {', '.join(train.OPTIMIZERS)} (adam: the "
+                          "paper's), or MODULE:NAME (a factory of yours: factory(learning_rate), "
+                          "the rate a float or an optax schedule, returning an optax."
+                          "GradientTransformation).", str)
   weight_decay: float = _field(0.0, "Decoupled weight decay, --optimizer=adamw or lion.", float)
   momentum: float = _field(0.0, "Momentum in [0, 1), --optimizer=sgd or rmsprop; 0 = none.",
                            float)
@@ -95,6 +98,10 @@ class Settings:
                                       "--num_steps at the first launch; recorded, and kept when "
                                       "the run is resumed; past it the rate stays at the end "
                                       "value).", int)
+  allow_code_change: bool = _field(False, "Resume even though the source file of a MODULE:NAME "
+                                  "(cell, task, optimizer) changed since the run was trained "
+                                  "(config.json keeps each file's SHA-256 and the step it "
+                                  "began). Not recorded.", bool)
   tensorboard: bool = _field(False, "Also write TensorBoard event files in <run folder>/"
                              "tensorboard/.", bool)
   seed: Optional[int] = _field(None, "Seed for params, data stream and eval set (default 0).", int)
@@ -193,10 +200,12 @@ class Settings:
     them."""
     values = {**{f: getattr(self, f) for f in FIELDS}, **self.task_options}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
-            if self.applies(k)}
+            if self.applies(k) and k not in NOT_RECORDED}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+# A permission for one launch, not part of the run.
+NOT_RECORDED = ("allow_code_change",)
 
 
 def _resolving(flag: str, value, what):
@@ -295,10 +304,10 @@ def _check_task_options(s: Settings) -> None:
     option = declared[name]
     if name in FIELDS:
       raise RunError(f"--task={s.task}: its option {name!r} is a general setting")
+    if value is None and option.default is None:  # not given, and None means "the task chooses"
+      continue
     if option.choices is not None:
       check(value in option.choices, name, value, f"allowed: {', '.join(map(str, option.choices))}")
-    elif value is None and option.default is None:
-      continue
     elif option.kind is int:
       check_int(name, value, -math.inf if option.minimum is None else option.minimum)
     elif option.kind is float:
@@ -358,6 +367,11 @@ def validate(s: Settings) -> tasks.Task:
             f"{other!r} and {r!r} give the same folders lr{r:g}-s<seed>")
   _check_task_options(s)
   _validate_recipe(s)
+  check(s.optimizer in train.OPTIMIZERS or _plugins.is_spec(s.optimizer), "optimizer",
+        s.optimizer, f"allowed: {', '.join(train.OPTIMIZERS)}, or MODULE:NAME (a factory of "
+        "yours)")
+  if s.optimizer not in train.OPTIMIZERS:
+    _check_user_optimizer(s)
   check(s.readout == "linear" or s.task not in tasks.SERIES, "readout", s.readout,
         f"the series tasks ({', '.join(tasks.SERIES)}) run their closed loop with "
         "--readout=linear only")
@@ -459,6 +473,36 @@ def _check_user_task(s: Settings, task: tasks.Task) -> None:
         any(shape != (expected[0],) for shape in got.values()):
       raise RunError(f"{flag}: losses must return a dict with \"loss\" (and each metric) of "
                      f"shape [batch]; got {got}")
+
+
+def _check_user_optimizer(s: Settings) -> None:
+  """An optimizer factory of yours: importable, called with a learning rate as the run will
+  call it (a float, or a schedule where --lr_schedule is not constant) it returns an
+  optax.GradientTransformation, and its init and update trace on a tiny parameter tree."""
+  flag = f"--optimizer={s.optimizer}"
+  try:
+    _, factory = _plugins.load(s.optimizer)
+  except _plugins.PluginError as e:
+    raise RunError(f"{flag}: {e}") from None
+  rate = s.learning_rate or (s.learning_rates or (1e-3,))[0]
+  multiplier = train.lr_multiplier(s.lr_schedule, s.warmup_steps,
+                                   s.decay_steps or max(s.num_steps, 1))
+  try:
+    made = factory(rate if multiplier is None else (lambda count: rate * multiplier(count)))
+  except Exception as e:  # the user's code: whatever it raises, one line
+    raise RunError(f"{flag}: the factory raised {_plugins.first_line(e)}") from None
+  if not isinstance(made, optax.GradientTransformation):
+    raise RunError(f"{flag}: the factory returned {type(made).__name__}, not an "
+                   "optax.GradientTransformation")
+  tx = train.make_optimizer(rate, s.clip_norm or None, s.optimizer, lr_schedule=s.lr_schedule,
+                            warmup_steps=s.warmup_steps,
+                            decay_steps=s.decay_steps or max(s.num_steps, 1))
+  params = {"w": jnp.zeros((2, 2), jnp.float32)}
+  try:
+    jax.eval_shape(lambda p: tx.update(p, tx.init(p), p), params)
+  except Exception as e:
+    raise RunError(f"{flag}: init and update on a tiny parameter tree (the rate a traced "
+                   f"array, as in a run) raised {_plugins.first_line(e)}") from None
 
 
 def _validate_recipe(s: Settings) -> None:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from seqjax import models, parallel
+from seqjax import _plugins, models, parallel
 from seqjax.cells.base import Cell
 from seqjax.tasks.base import Batch, Task
 
@@ -91,8 +91,9 @@ def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None,
                    optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
                    lr_schedule: str = "constant", warmup_steps: int = 0,
                    decay_steps: Optional[int] = None):
-  """An optax optimizer (adam: the paper's setting), optionally after global-norm gradient
-  clipping, its rate `learning_rate` times the schedule (`lr_multiplier`).
+  """An optax optimizer (adam: the paper's setting; or MODULE:NAME, a factory(learning_rate) of
+  yours), optionally after global-norm gradient clipping, its rate `learning_rate` times the
+  schedule (`lr_multiplier`).
 
   The learning rate is data in the optimizer state (optax.inject_hyperparams), so runs with
   different rates share one program; `set_learning_rate` changes it. The schedule multiplies it
@@ -100,7 +101,7 @@ def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None,
   state; adam then is exactly the optimizer of the runs made before schedules existed.)
   """
   multiplier = lr_multiplier(lr_schedule, warmup_steps, decay_steps)
-  make = _OPTIMIZERS[optimizer]
+  make = _OPTIMIZERS.get(optimizer) or _user_optimizer(optimizer)
 
   def build(learning_rate):
     rate = learning_rate if multiplier is None else \
@@ -109,6 +110,13 @@ def make_optimizer(learning_rate: float, clip_norm: Optional[float] = None,
     return optax.chain(optax.clip_by_global_norm(clip_norm), opt) if clip_norm else opt
 
   return optax.inject_hyperparams(build)(learning_rate=learning_rate)
+
+
+def _user_optimizer(spec: str):
+  """MODULE:NAME, a factory(learning_rate) of yours, as one of _OPTIMIZERS (weight_decay and
+  momentum are the built-ins' only)."""
+  _, factory = _plugins.load(spec)
+  return lambda rate, weight_decay, momentum: factory(rate)
 
 
 def set_learning_rate(state: TrainState, learning_rate) -> TrainState:
@@ -198,6 +206,7 @@ def one_run_step(cfg: Config):
     updates, opt_state = cfg.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {k: jnp.mean(v) for k, v in values.items()}
+    metrics["grad_norm"] = optax.tree.norm(grads)  # before any clipping (the optimizer's)
     if cfg.feedback == "scheduled":
       metrics["teacher_forcing"] = p
     return TrainState(state.step + 1, params, opt_state), metrics

@@ -9,6 +9,7 @@ results.md.
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import numpy as np
 from flax import serialization
 
 import seqjax
-from seqjax import checkpoint, plots, report, tasks, train
+from seqjax import _plugins, checkpoint, plots, report, tasks, train
 from seqjax.report import read_json, read_jsonl, write_jsonl
 from seqjax.settings import FIELDS, RunError, Settings, train_config, validate
 
@@ -33,15 +34,76 @@ RESUMABLE_CHANGES = ("num_steps", "eval_every", "workdir", "data_dir", "learning
                      "tensorboard")
 
 
-def _check_same_experiment(path: str, s: Settings) -> None:
-  """Only called where a checkpoint will be resumed: a folder that never checkpointed holds no
-  run yet, and may be reused with other settings."""
-  if os.path.exists(path):
-    previous = read_json(path)
-    for key, value in s.recorded().items():
-      if key not in RESUMABLE_CHANGES and key in previous and previous[key] != value:
-        raise RunError(f"--{key}={value}: {os.path.dirname(path)} holds a run with "
-                       f"--{key}={previous[key]}; use another --workdir")
+# What config.json records besides the settings (provenance, devices, code fingerprints): not
+# the experiment, updated by a resumed run.
+CODE = "source_sha256"
+NOT_SETTINGS = ("seqjax_version", "jax_version", "git_commit", "argv", "num_processes",
+                "backend", CODE)
+
+
+def _shown(value) -> str:
+  return "(none)" if value is None else \
+      ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _check_same_experiment(path: str, s: Settings, data: dict) -> dict:
+  """The recorded config at `path` ({} where there is none), refused in one line naming the
+  folder and the first setting that differs when it records another experiment than `s` (and
+  `data`, what config.json records of a stream task's data)."""
+  if not os.path.exists(path):
+    return {}
+  previous, current = read_json(path), dict(s.recorded(), **data)
+  for key in sorted((set(previous) | set(current)) - set(RESUMABLE_CHANGES + NOT_SETTINGS)):
+    if key in previous and previous[key] != current.get(key):
+      raise RunError(f"--{key}={_shown(current.get(key))}: {os.path.dirname(path) or '.'} holds "
+                     f"another experiment, with --{key}={_shown(previous[key])}; use another "
+                     "--workdir")
+  return previous
+
+
+def _check_kind(s: Settings) -> None:
+  """A single run never goes into a group's folder, nor a group into a single run's."""
+  if s.is_group:
+    theirs, what = ("config.json", checkpoint.FILENAME), "a single run"
+    this, hint = "a group of runs (--seeds or --learning_rates)", ""
+  else:
+    theirs, what = (GROUP_CONFIG, GROUP_CHECKPOINT), "a group of runs"
+    this, hint = "a single run", " (or one of its run subfolders, to go on with that run alone)"
+  for name in theirs:
+    if os.path.exists(os.path.join(s.workdir, name)):
+      raise RunError(f"--workdir={s.workdir} holds {what} ({name}); this is {this}: use "
+                     f"another --workdir{hint}")
+
+
+def source_fingerprints(s: Settings) -> dict:
+  """{flag: {spec, file, sha256}} of every MODULE:NAME setting (model, task, optimizer): the
+  SHA-256 of its module's source file."""
+  out = {}
+  for flag in ("model", "task", "optimizer"):
+    spec = getattr(s, flag)
+    if _plugins.is_spec(spec):
+      module, _ = _plugins.load(spec)
+      path = os.path.abspath(module.__file__)
+      with open(path, "rb") as f:
+        out[flag] = {"spec": spec, "file": path, "sha256": hashlib.sha256(f.read()).hexdigest()}
+  return out
+
+
+def _code_history(path: str, previous: dict, code: dict, allow_change: bool) -> list:
+  """The fingerprint history config.json at `path` will hold ([{step, flag: fingerprint}] ,
+  oldest first; the caller appends the current code where it changed). A changed file is
+  refused unless `allow_change`."""
+  history = list(previous.get(CODE) or [])
+  if not history or allow_change:
+    return history
+  for flag, now in code.items():
+    then = history[-1].get(flag)
+    if then is not None and then["sha256"] != now["sha256"]:
+      raise RunError(f"--{flag}={now['spec']}: {now['file']} changed since the run in "
+                     f"{os.path.dirname(path) or '.'} began with it at step {history[-1]['step']} "
+                     f"(sha256 {then['sha256'][:12]} then, {now['sha256'][:12]} now); "
+                     "--allow_code_change to go on with the new code, or another --workdir")
+  return history
 
 
 def resumed_config(s: Settings) -> dict:
@@ -144,9 +206,11 @@ class Folders:
   """Where a run, or each run of a group, reads and writes its files. Every check happens in
   the constructor, before anything is written; only the lead process writes."""
 
-  def __init__(self, s: Settings, lead: bool = True, metric: str = None):
-    """metric: the eval metric that picks each run's best checkpoint (None: none kept)."""
-    self.settings, self.lead, self.runs = s, lead, s.runs()
+  def __init__(self, s: Settings, lead: bool = True, metric: str = None, data=None):
+    """metric: the eval metric that picks each run's best checkpoint (None: none kept); data:
+    what config.json records of the task's data besides the settings (text: its corpus), part
+    of the experiment."""
+    self.settings, self.lead, self.runs, self.data = s, lead, s.runs(), dict(data or {})
     self.metric, self.best = (None if metric is None else f"eval_{metric}"), [None] * len(self.runs)
     folders = [s.workdir] + ([r.workdir for r in self.runs] if s.is_group else [])
     for path in folders:
@@ -154,13 +218,21 @@ class Folders:
         raise RunError(f"--workdir={s.workdir}: {path} is a file, not a folder")
     self.group_ckpt = os.path.join(s.workdir, GROUP_CHECKPOINT) if s.is_group else None
     resumes = self.group_ckpt is not None and os.path.exists(self.group_ckpt)
+    _check_kind(s)
+    # each config file this launch writes -> the fingerprint history it will hold
+    self.code, self.history = source_fingerprints(s), {}
+    configs = ([(os.path.join(s.workdir, GROUP_CONFIG), s, self.group_ckpt)] if s.is_group
+               else []) + [(os.path.join(r.workdir, "config.json"), r,
+                            checkpoint.path_in(r.workdir)) for r in self.runs]
+    for path, settings, ckpt in configs:
+      previous = _check_same_experiment(path, settings, self.data)
+      # code can only be changed under a run that will resume (one with a checkpoint)
+      self.history[path] = _code_history(path, previous, self.code, s.allow_code_change) \
+          if os.path.exists(ckpt) else []
     if resumes:
-      _check_same_experiment(os.path.join(s.workdir, GROUP_CONFIG), s)
       group_steps = _saved_steps(self.group_ckpt)
     for i, r in enumerate(self.runs):
       own = checkpoint.path_in(r.workdir)
-      if resumes or os.path.exists(own):
-        _check_same_experiment(os.path.join(r.workdir, "config.json"), r)
       if s.is_group and not resumes and os.path.exists(own):
         raise RunError(f"{own} was not written by this group (no {self.group_ckpt}); use "
                        "another --workdir")
@@ -180,16 +252,19 @@ class Folders:
     return [os.path.relpath(r.workdir, self.settings.workdir) for r in self.runs]
 
   def restore(self, fresh: train.GroupState):
-    """(state, rows per run, {run index: diverged_at_step}) to start from: `fresh` or the last
-    checkpoint, with each run's learning rate as its settings say."""
-    state, step = fresh, 0
+    """(state, rows per run, {run index: diverged_at_step}, host values) to start from: `fresh`
+    or the last checkpoint, with each run's learning rate as its settings say; host values:
+    the arrays [runs] the loop saved with it (`save`), {} for a fresh start."""
+    state, step, host = fresh, 0, {}
     ckpt = self.group_ckpt or checkpoint.path_in(self.runs[0].workdir)
     if os.path.exists(ckpt):
       if self.group_ckpt:
         state = checkpoint.restore(ckpt, fresh)
+        host = checkpoint.read_host(ckpt)
       else:
         run = checkpoint.restore(ckpt, _run_slice(fresh.runs, 0))
         state = fresh._replace(runs=jax.tree.map(lambda x: np.asarray(x)[None], run))
+        host = {k: np.asarray(v)[None] for k, v in checkpoint.read_host(ckpt).items()}
       step = int(np.max(state.runs.step))
     rows = [[r for r in read_jsonl(os.path.join(run.workdir, "metrics.jsonl")) if r["step"] <= step]
             if step else [] for run in self.runs]
@@ -200,7 +275,7 @@ class Folders:
       self.best = [self._recorded_best(run.workdir) for run in self.runs]
     rates = np.asarray([r.learning_rate for r in self.runs], np.float32)
     runs = train.set_learning_rate(state.runs, rates)
-    return train.GroupState(runs, alive), rows, diverged
+    return train.GroupState(runs, alive), rows, diverged, host if step else {}
 
   def _recorded_best(self, folder: str):
     path = os.path.join(folder, BEST)
@@ -210,32 +285,46 @@ class Folders:
     best = read_json(path)
     return best["value"] if best.get("metric") == self.metric else None
 
-  def start(self, rows, **extra) -> None:
-    """config.json of each run (and group.json), metrics cut back to the checkpoint's step."""
+  def _config(self, path: str, settings: Settings, step: int, extra: dict) -> str:
+    """config.json's text: the settings, `extra` and the code fingerprints' history (a new
+    entry, from `step`, where the code is new or changed)."""
+    history = self.history[path]
+    if self.code and (not history or {k: v for k, v in history[-1].items() if k != "step"} !=
+                      self.code):
+      history = history + [dict(step=step, **self.code)]
+    more = {CODE: history} if history else {}
+    return json.dumps(dict(settings.recorded(), **self.data, **extra, **more), indent=2) + "\n"
+
+  def start(self, rows, step: int = 0, **extra) -> None:
+    """config.json of each run (and group.json), metrics cut back to the checkpoint's step
+    (`step`, where a changed code fingerprint begins)."""
     if not self.lead:
       return
     for run, run_rows in zip(self.runs, rows):
-      checkpoint.write_atomic(os.path.join(run.workdir, "config.json"),
-                              json.dumps(dict(run.recorded(), **extra), indent=2) + "\n")
+      path = os.path.join(run.workdir, "config.json")
+      checkpoint.write_atomic(path, self._config(path, run, step, extra))
       write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), run_rows)
     if self.settings.is_group:
-      checkpoint.write_atomic(os.path.join(self.settings.workdir, GROUP_CONFIG),
-                              json.dumps(dict(self.settings.recorded(), **extra), indent=2) + "\n")
+      path = os.path.join(self.settings.workdir, GROUP_CONFIG)
+      checkpoint.write_atomic(path, self._config(path, self.settings, step, extra))
 
-  def save(self, state: train.GroupState, rows, diverged) -> None:
-    """Checkpoints (NumPy `state`): the group's first (what the group resumes from, so a kill
-    in between leaves runs that are only behind it), then each live run's own and its metrics;
-    a diverged run keeps its last good checkpoint."""
+  def save(self, state: train.GroupState, rows, diverged, host=None) -> None:
+    """Checkpoints (NumPy `state`, and `host`: {name: array [runs]} saved with it): the group's
+    first (what the group resumes from, so a kill in between leaves runs that are only behind
+    it), then each live run's own and its metrics; a diverged run keeps its last good
+    checkpoint."""
     if not self.lead:
       return
+    host = host or {}
     if self.group_ckpt:
-      checkpoint.save(self.group_ckpt, state)
+      checkpoint.save(self.group_ckpt, state, host)
     for i, run in enumerate(self.runs):
       write_jsonl(os.path.join(run.workdir, "metrics.jsonl"), rows[i])
       if i not in diverged:
         one = _run_slice(state.runs, i)
         self._save_best(run.workdir, i, one, rows[i])
-        checkpoint.save(checkpoint.path_in(run.workdir), one)
+        checkpoint.save(checkpoint.path_in(run.workdir), one,
+                        {k: np.asarray(v)[i] for k, v in host.items()})
 
   def _save_best(self, folder: str, i: int, state: train.TrainState, rows) -> None:
     """checkpoint_best.msgpack and best.json when the evaluation at the state's step beats the

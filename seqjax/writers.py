@@ -10,6 +10,7 @@ else plugs in this way; `TensorBoard` is the one seqjax brings (`--tensorboard`)
 
 import importlib.util
 import os
+from typing import Optional
 
 from seqjax.settings import RunError
 
@@ -18,11 +19,23 @@ TENSORBOARD_FOLDER = "tensorboard"
 
 class TensorBoard:
   """TensorBoard event files in <run folder>/tensorboard/, one scalar per key at its step
-  (tensorboardX: no TensorFlow needed). Flushed at every row, so TensorBoard shows a live run."""
+  (tensorboardX: no TensorFlow needed). Flushed at every row, so TensorBoard shows a live run.
 
-  def __init__(self, run_folder: str):
+  hparams: the run's settings, shown in TensorBoard's hparams view against `metrics` (scalar
+  tags, e.g. eval_loss); a list value is shown as text."""
+
+  def __init__(self, run_folder: str, hparams: Optional[dict] = None, metrics=()):
     from tensorboardX import SummaryWriter  # imported only by runs that write TensorBoard files
     self._writer = SummaryWriter(os.path.join(run_folder, TENSORBOARD_FOLDER))
+    if hparams:
+      from tensorboardX.summary import hparams as hparams_summaries
+      shown = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+               for k, v in hparams.items()}
+      # the experiment and this session's values, in this run's own event file (add_hparams
+      # would write them into a run of their own)
+      experiment, session, _ = hparams_summaries(shown, {m: 0.0 for m in metrics})
+      self._writer.file_writer.add_summary(experiment)
+      self._writer.file_writer.add_summary(session)
 
   def write(self, step: int, scalars: dict) -> None:
     for name, value in scalars.items():
@@ -42,31 +55,39 @@ def check_tensorboard() -> None:
 
 class Writers:
   """Every run's writers, one per factory; `send` gives each the rows of its run not yet sent.
-  A context manager: every writer made is closed on leaving, whatever ends the run."""
+  A context manager: every writer made is closed on leaving, whatever ends the run.
 
-  def __init__(self, makes, run_folders, rows):
+  training: factories of writers (seqjax's TensorBoard) that also get the training scalars
+  `send` is given (the learning rate, the gradient norm) with the row of their step; the
+  others (`makes`) get exactly the rows of metrics.jsonl."""
+
+  def __init__(self, makes, run_folders, rows, training=()):
     self._per_run, self._sent = [], [len(r) for r in rows]  # restored rows were sent before
     try:
       for folder in run_folders:
         self._per_run.append([])
+        for make in training:
+          self._per_run[-1].append((make(folder), True))
         for make in makes:
-          self._per_run[-1].append(make(folder))
+          self._per_run[-1].append((make(folder), False))
     except BaseException:
       self.close()
       raise
 
-  def send(self, rows) -> None:
+  def send(self, rows, training=None) -> None:
+    """training: per run, {step: {name: value}} for the training writers."""
     for i, writers in enumerate(self._per_run):
       for row in rows[i][self._sent[i]:]:
         scalars = {k: v for k, v in row.items() if k != "step"}
-        for w in writers:
-          w.write(row["step"], scalars)
+        more = dict(scalars, **training[i].get(row["step"], {})) if training else scalars
+        for w, gets_training in writers:
+          w.write(row["step"], more if gets_training else scalars)
       self._sent[i] = len(rows[i])
 
   def close(self) -> None:
     errors = []
     for writers in self._per_run:
-      for w in writers:
+      for w, _ in writers:
         try:
           w.close()
         except Exception as e:  # close the others too; the first failure is raised after

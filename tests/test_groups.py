@@ -62,7 +62,7 @@ def test_a_groups_runs_equal_their_solo_runs(tmp_path):
     assert config["seed"] == seed and config["learning_rate"] == lr
     assert "seeds" not in config and "learning_rates" not in config
     assert {p.name for p in sub.iterdir()} == {p.name for p in solo.iterdir()}
-  assert len(_rows(group / "lr0.01-s1")) == 4  # 200 steps, an evaluation every 50
+  assert len(_rows(group / "lr0.01-s1")) == 5  # step 0, then 200 steps evaluated every 50
   assert (group / "curves.png").read_bytes()[:4] == b"\x89PNG"
   table = (group / "results.md").read_text().splitlines()
   assert len(table) == 2 + 4 + 1 + 2 + 2 and table[2].startswith("| lr0.001-s0 | lstm |")
@@ -79,7 +79,7 @@ def test_a_resumed_group_ends_where_an_uninterrupted_one_does(tmp_path):
   _run(s, num_steps=9, workdir=str(tmp_path / "split"))
   for sub in ("s3", "s5"):
     split, whole = _rows(tmp_path / "split" / sub), _rows(tmp_path / "whole" / sub)
-    assert [r["step"] for r in split] == [3, 5, 6, 9]
+    assert [r["step"] for r in split] == [0, 3, 5, 6, 9]
     assert split[-1]["eval_loss"] == whole[-1]["eval_loss"]
     assert (tmp_path / "split" / sub / "checkpoint.msgpack").read_bytes() == \
         (tmp_path / "whole" / sub / "checkpoint.msgpack").read_bytes()
@@ -104,16 +104,18 @@ def test_a_diverging_run_freezes_alone(tmp_path):
   s = dataclasses.replace(TINY, model="rnn", task="adding", seq_len=6, num_steps=8, eval_every=2)
   with pytest.raises(experiment.Diverged) as e:
     _run(s, seeds=(0,), learning_rates=(1e-3, 1e19), workdir=str(tmp_path / "group"))
-  # the same run alone stops at the same step, and keeps no checkpoint either
+  # the same run alone stops at the same step, and keeps its step-0 checkpoint too
   with pytest.raises(experiment.RunError) as solo_error:
     _run(s, seed=0, learning_rate=1e19, workdir=str(tmp_path / "solo"))
   at = int(str(solo_error.value).split(" at step ")[1].split(";")[0])
   assert "loss is inf" in str(solo_error.value) and at == 2
   assert f"lr1e+19-s0 at step {at}" in str(e.value) and "1 of 2 runs diverged" in str(e.value)
   bad = tmp_path / "group" / "lr1e+19-s0"
-  assert _rows(bad) == [{"step": at, "diverged_at_step": at}]
-  assert not (bad / "checkpoint.msgpack").exists()  # never written after it diverged
-  assert not (tmp_path / "solo" / "checkpoint.msgpack").exists()
+  assert _rows(bad)[1:] == [{"step": at, "diverged_at_step": at}]
+  assert _rows(bad)[0]["step"] == 0
+  for folder in (bad, tmp_path / "solo"):  # the untrained model's, never written after it
+    saved = serialization.msgpack_restore((folder / "checkpoint.msgpack").read_bytes())
+    assert saved["step"] == 0
   _run(s, seed=0, learning_rate=1e-3, workdir=str(tmp_path / "good"))
   _assert_same_rows(_rows(tmp_path / "group" / "lr0.001-s0"), _rows(tmp_path / "good"))
   assert "lr1e+19-s0 (diverged at step 2)" in (tmp_path / "group" / "results.md").read_text()
@@ -126,7 +128,7 @@ def test_a_diverging_run_freezes_alone(tmp_path):
   with pytest.raises(experiment.Diverged):
     _run(s, seeds=(0,), learning_rates=(1e-3, 1e19), num_steps=10,
          workdir=str(tmp_path / "group"))
-  assert _rows(bad) == [{"step": at, "diverged_at_step": at}]
+  assert _rows(bad)[1:] == [{"step": at, "diverged_at_step": at}]
   _run(s, seed=0, learning_rate=1e-3, num_steps=10, workdir=str(tmp_path / "good"))
   _assert_same_rows(_rows(tmp_path / "group" / "lr0.001-s0"), _rows(tmp_path / "good"))
 
@@ -155,7 +157,7 @@ def test_every_task_option_is_a_flag_given_only_when_set():
       assert option.help in FLAGS[name].help and name not in FIELDS, name
       if option.choices is not None:
         assert set(option.choices) <= set(FLAGS[name].parser.enum_values), name
-        assert option.default in option.choices, name
+        assert option.default is None or option.default in option.choices, name  # None: the task chooses
     if all(o.choices is None for o in declared.values()):
       assert not hasattr(FLAGS[name].parser, "enum_values"), name
   # --model and --task also take MODULE:NAME, so they are plain strings checked by the runner
@@ -184,7 +186,8 @@ def _main(**overrides):
     (dict(task="adding", permute=True), "--permute=True: applies only to the digits, mnist tasks"),
     (dict(task="copy", bit_order="msb_first"),
      "--bit_order=msb_first: applies only to the binary_addition task"),
-    (dict(task="adding", data_dir="/tmp"), "--data_dir=/tmp: applies only to the mnist, uea tasks"),
+    (dict(task="adding", data_dir="/tmp"),
+     "--data_dir=/tmp: applies only to the mnist, uea, text tasks"),
     (dict(task="reber", feedback="free"),
      "--feedback=free: applies only to the trajectory, decay tasks"),
     (dict(task="adding", prefix_len=2), "--prefix_len=2: applies only to the trajectory, decay"),
@@ -286,18 +289,20 @@ def test_a_run_resumed_alone_keeps_its_rate_and_the_group_will_not_overwrite_it(
   np.testing.assert_allclose(saved["opt_state"]["hyperparams"]["learning_rate"], 0.001)
 
 
-def test_a_folder_that_never_checkpointed_may_be_reused_with_other_settings(tmp_path):
+def test_a_run_diverging_at_its_first_steps_keeps_its_step_0_checkpoint(tmp_path):
   s = dataclasses.replace(TINY, model="rnn", task="adding", seq_len=6, num_steps=4,
                           eval_every=100, workdir=str(tmp_path))
   with pytest.raises(experiment.RunError) as e:
     _run(s, learning_rate=1e30)
-  assert "no checkpoint yet" in str(e.value) and "last good checkpoint" not in str(e.value)
-  assert not (tmp_path / "checkpoint.msgpack").exists()
-  # no run to resume: other settings are fine, and the task's rate, not the diverged one
-  _run(s, clip_norm=1.0, num_steps=2, eval_every=2)
-  config = json.loads((tmp_path / "config.json").read_text())
-  assert config["clip_norm"] == 1.0 and config["learning_rate"] == 1e-3
-  assert [r["step"] for r in _rows(tmp_path)] == [2]
+  assert "the last good checkpoint (step 0, in" in str(e.value)
+  # what is left: the untrained model's evaluation and checkpoint, a run to resume
+  (row,) = _rows(tmp_path)
+  assert row["step"] == 0 and "train_loss" not in row
+  assert json.loads((tmp_path / "config.json").read_text())["learning_rate"] == 1e30
+  with pytest.raises(experiment.RunError, match="--clip_norm=1.0: .* with --clip_norm=0.0;"):
+    _run(s, clip_norm=1.0, learning_rate=1e-3)
+  _run(s, num_steps=2, eval_every=2, learning_rate=1e-3)  # goes on more gently from step 0
+  assert [r["step"] for r in _rows(tmp_path)] == [0, 2]
 
 
 @pytest.mark.parametrize("where", ["file", "under_a_file", "uncreatable"])
@@ -325,9 +330,10 @@ def test_a_run_diverged_at_evaluation_is_frozen_on_the_device_too(tmp_path, monk
   monkeypatch.setattr(train, "make_group_evaluate", run_1_eval_is_nan)
   with pytest.raises(experiment.Diverged) as e:
     _run(TINY, seeds=(0, 1), num_steps=4, eval_every=2, workdir=str(tmp_path))
-  assert "s1 at step 2" in str(e.value)
+  # its evaluation is NaN from the first one on, the untrained model's (step 0)
+  assert "s1 at step 0" in str(e.value)
   group = serialization.msgpack_restore((tmp_path / "group_checkpoint.msgpack").read_bytes())
-  assert list(group["alive"]) == [True, False] and list(group["runs"]["step"]) == [4, 2]
+  assert list(group["alive"]) == [True, False] and list(group["runs"]["step"]) == [4, 0]
 
 
 def _finite(tree):

@@ -44,10 +44,12 @@ def test_every_task_runs_end_to_end(task, tmp_path):
   config = json.load(open(tmp_path / "config.json"))
   assert config["task"] == task and config["model"] == model and config["num_devices"] == 1
   rows = _rows(tmp_path)
-  assert [r["step"] for r in rows] == [2, 4]
+  assert [r["step"] for r in rows] == [0, 2, 4]
   probe = tasks.get(task, **TASK_OPTS[task])
+  assert {"train_loss", "examples_per_sec"} & set(rows[0]) == set()  # the untrained model's
   for r in rows:
-    assert {"step", "train_loss", "eval_loss", "examples_per_sec", "wall_time"} <= set(r)
+    assert {"step", "eval_loss", "wall_time"} <= set(r)
+    assert r["step"] == 0 or {"train_loss", "examples_per_sec"} <= set(r)
     assert all(np.isfinite(v) for v in r.values())
     if probe.classification:
       np.testing.assert_allclose(r["eval_perplexity"], np.exp(r["eval_loss"]), rtol=1e-5)
@@ -75,7 +77,7 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_does(tmp_path):
   _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 5})
   _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 9})
   whole, split = _rows(tmp_path / "whole"), _rows(tmp_path / "split")
-  assert [r["step"] for r in split] == [3, 5, 6, 9]
+  assert [r["step"] for r in split] == [0, 3, 5, 6, 9]
   for key in ("eval_loss", "eval_accuracy"):
     assert split[-1][key] == whole[-1][key]
   with open(tmp_path / "whole" / "checkpoint.msgpack", "rb") as a, \
@@ -90,7 +92,7 @@ def test_resume_may_change_unroll_and_remat_and_ends_where_the_whole_run_does(tm
   _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 3})
   _run(workdir=str(tmp_path / "split"), **{**opts, "num_steps": 6, "unroll": 3, "remat": True})
   whole, split = _rows(tmp_path / "whole"), _rows(tmp_path / "split")
-  assert [r["step"] for r in split] == [3, 6]
+  assert [r["step"] for r in split] == [0, 3, 6]
   np.testing.assert_allclose(split[-1]["eval_loss"], whole[-1]["eval_loss"], rtol=1e-5)
   config = json.load(open(tmp_path / "split" / "config.json"))
   assert config["unroll"] == 3 and config["remat"] is True
@@ -209,7 +211,8 @@ def test_feedback_modes_run_end_to_end(task, feedback, tmp_path):
   rows = _rows(tmp_path)
   assert all("eval_free_run_mse" in r and "eval_mse" in r for r in rows)
   if feedback == "scheduled":
-    assert [r["teacher_forcing"] for r in rows] == [0.5, 0.0]
+    # (none at step 0: the untrained model's row is its evaluation only)
+    assert [r.get("teacher_forcing") for r in rows] == [None, 0.5, 0.0]
   else:
     assert all("teacher_forcing" not in r for r in rows)
 
@@ -269,11 +272,11 @@ def test_the_forgetting_cells_train_on_multi_copy_from_the_command_line(tmp_path
     config = json.load(open(tmp_path / model / "s0" / "config.json"))
     assert (config["model"], config["task"], config["num_segments"]) == (model, "multi_copy", 2)
     rows = _rows(tmp_path / model / "s0")
-    assert [r["step"] for r in rows] == [2, 4]
+    assert [r["step"] for r in rows] == [0, 2, 4]
     for r in rows:  # bits per step is the cross-entropy in bits; accuracy a fraction
       np.testing.assert_allclose(r["eval_bits_per_step"], r["eval_loss"] / np.log(2), rtol=1e-5)
       assert 0 <= r["eval_accuracy"] <= 1
-    assert rows[0]["train_loss"] != rows[1]["train_loss"]
+    assert rows[1]["train_loss"] != rows[2]["train_loss"]
 
 
 @pytest.mark.slow

@@ -33,7 +33,8 @@ def _finish(proc):
 def _losses(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     rows = [json.loads(line) for line in f]
-  return np.array([[r["train_loss"], r["eval_loss"], r["eval_accuracy"]] for r in rows])
+  return np.array([[r.get("train_loss", np.nan), r["eval_loss"], r["eval_accuracy"]]
+                   for r in rows])  # (step 0, the untrained model: no train_loss)
 
 
 @pytest.fixture(scope="module")

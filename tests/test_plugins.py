@@ -3,6 +3,7 @@
 and compared like built-ins; every unusable one refused in one line before anything is written."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -132,8 +133,13 @@ def test_a_user_cell_trains_as_the_same_cell_registered_and_resumes(user_modules
   import plugcells
   whole = _run(model="plugcells:elman", task="adding", seq_len=6, workdir=str(tmp_path / "w"))
   rows = whole[str(tmp_path / "w")]
-  assert [r["step"] for r in rows] == [2, 4] and all(np.isfinite(r["eval_loss"]) for r in rows)
-  assert json.loads((tmp_path / "w" / "config.json").read_text())["model"] == "plugcells:elman"
+  assert [r["step"] for r in rows] == [0, 2, 4] and all(np.isfinite(r["eval_loss"]) for r in rows)
+  config = json.loads((tmp_path / "w" / "config.json").read_text())
+  assert config["model"] == "plugcells:elman"
+  with open(plugcells.__file__, "rb") as f:  # its source file fingerprinted, as hashlib does
+    digest = hashlib.sha256(f.read()).hexdigest()
+  assert config["source_sha256"] == [{"step": 0, "model": {
+      "spec": "plugcells:elman", "file": os.path.abspath(plugcells.__file__), "sha256": digest}}]
   # registered under a name: the same computation, equal to float rounding
   cells.register("elman_registered", plugcells.elman)
   same = _run(model="elman_registered", task="adding", seq_len=6, workdir=str(tmp_path / "r"))

@@ -23,8 +23,11 @@ def readme_block(marker):
   return blocks[0]
 
 
-def run_block(marker, **names):
-  namespace = {"jax": jax, "jnp": jnp, "seqjax": seqjax, "cells": cells, **names}
+def run_block(marker, pasted_alone=False, **names):
+  """Runs the block in the names the README's earlier blocks define (jax, jnp, seqjax, cells),
+  or with `pasted_alone` in no names at all: a block that claims to run as pasted."""
+  namespace = dict(names) if pasted_alone else \
+      {"jax": jax, "jnp": jnp, "seqjax": seqjax, "cells": cells, **names}
   # User code: the test suite's rank-promotion guard (tests/conftest.py) is not the user's.
   with jax.numpy_rank_promotion("allow"):
     exec(compile(readme_block(marker), f"README.md block {marker!r}", "exec"), namespace)
@@ -66,7 +69,7 @@ def test_ln_lstm_example_runs_and_its_fast_loop_is_its_step():
 
 def test_equinox_example_trains():
   pytest.importorskip("equinox")
-  ns = run_block("class Regressor(eqx.Module)")
+  ns = run_block("class Regressor(eqx.Module)", pasted_alone=True)  # its imports its own
   model, opt_state, train_step = ns["model"], ns["opt_state"], ns["train_step"]
   xs = jax.random.normal(jax.random.key(3), (4, 8, 2))
   ys = jnp.array([0.5, -0.5, 1.0, 0.0])

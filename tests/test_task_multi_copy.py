@@ -147,7 +147,7 @@ def test_a_tiny_multi_copy_run_writes_bits_per_step(tmp_path):
                                  batch_size=4, num_steps=2, eval_every=1, eval_size=8,
                                  model="rwa", workdir=str(workdir)), log=lambda line: None)
   written = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in written] == [1, 2] and written == rows[str(workdir)]
+  assert [r["step"] for r in written] == [0, 1, 2] and written == rows[str(workdir)]
   for row in written:
     assert 0 < row["eval_bits_per_step"] < 3.5 and 0 <= row["eval_accuracy"] <= 1
     assert row["eval_bits_per_step"] == pytest.approx(row["eval_loss"] / math.log(2), rel=1e-5)

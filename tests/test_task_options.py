@@ -160,7 +160,7 @@ def test_a_user_task_takes_a_built_in_option_and_declares_its_own(user_modules, 
   assert s.task_options == {"width": 1}
   out = experiment.run(Settings(task="optmine:wide", task_options={"width": 2}, **TINY,
                                 workdir=str(tmp_path / "w")), log=lambda line: None)
-  assert len(out[str(tmp_path / "w")]) == 1
+  assert len(out[str(tmp_path / "w")]) == 2  # step 0's row and the last
   assert json.loads((tmp_path / "w" / "config.json").read_text())["width"] == 2
   # its own checks: the declaration's minimum, and an OptionError of its factory, name the option
   for width, message in ((0, "--width=0: must be an integer >= 1"), (4, "--width=4: must be <= 3")):
@@ -195,7 +195,7 @@ def test_a_config_json_recorded_with_options_at_the_top_level_resumes(tmp_path):
   _main(task="binary_addition", seq_len=4, bit_order="msb_first", num_steps=4,
         workdir=str(folder))
   rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in rows] == [2, 4]
+  assert [r["step"] for r in rows] == [0, 2, 4]
   with pytest.raises(SystemExit) as e:
     _main(task="binary_addition", seq_len=4, num_steps=6, workdir=str(folder))
   assert "--bit_order=lsb_first: " in str(e.value.code) and "--bit_order=msb_first" in \

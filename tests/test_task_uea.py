@@ -166,7 +166,8 @@ def test_the_sktime_wheel_is_read_as_the_files_are(tmp_path):
 
 def test_bad_options_and_disagreeing_files_are_refused_in_one_line(tmp_path):
   option, value, allowed = refusal(dataset="Toy")
-  assert (option, value) == ("data_dir", None) and allowed.startswith("required (the uea task needs a folder")
+  assert (option, value) == ("data_dir", None)
+  assert allowed.startswith("required (the uea task needs a folder")
   assert refusal(dataset="../x", data_dir=str(tmp_path)) == \
       ("dataset", "../x", "a dataset name: letters, digits, _ and -")
   assert refusal(dataset="Toy", data_dir=str(tmp_path / "none")) == \
