@@ -227,7 +227,7 @@ def test_a_default_workdir_is_a_plain_folder_name():
     (dict(task="plugtasks:parity", permute=True), "--permute=True: applies only to the digits, "
      "mnist tasks (and tasks of yours whose factory takes it)"),
     (dict(task="adding", eval_split="validation"),
-     "--eval_split=validation: applies only to the digits, mnist, uea tasks"),
+     "--eval_split=validation: applies only to the digits, mnist, uea, text tasks"),
 ])
 def test_unusable_user_code_is_one_line_and_nothing_is_written(user_modules, tmp_path, settings,
                                                                message):

@@ -124,11 +124,17 @@ def test_rda_backward_is_exact_where_attention_or_gate_saturates(attention, forg
   with jax.enable_x64(True):
     p64, x64 = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), (params, xs))
     g64 = jax.grad(lambda p: jnp.sum(loop(cell, p, x64)[1] ** 2))(p64)
+  # JAX's own float32 autodiff of the same loop: its error is the scale float32 allows here
+  auto32 = jax.grad(lambda p: jnp.sum(loop(cell, p, xs)[1] ** 2))(params)
   for k in g64:
     # saturated attention: W_a's and the gate's exact gradients are ~1e-16 (autodiff of the
     # step in float32 leaves ~3e-7 of noise in them, and ~1e-4 relative in W_u's)
     saturated = attention >= 1e3 and k in ("W_ax", "W_ah", "W_fx", "W_fh", "b_f")
-    tol = 1e-12 if saturated else 1e-5 * max(float(np.abs(g64[k]).max()), 1.0)
+    # sharp attention (a ~ 30) amplifies float32 rounding: no more than twice autodiff's error
+    # (W_gh at a = 30 on this CPU: autodiff 4.8e-5, the hand-written backward 3.1e-5)
+    autodiff_error = float(np.abs(np.asarray(auto32[k], np.float64) - g64[k]).max())
+    tol = 1e-12 if saturated else max(1e-5 * max(float(np.abs(g64[k]).max()), 1.0),
+                                      2 * autodiff_error)
     np.testing.assert_allclose(g32[k], g64[k], rtol=0, atol=tol, err_msg=k)
 
 
