@@ -16,7 +16,3 @@ def check_choice(option: Option, value):
   if value not in option.choices:
     raise OptionError(option.name, value, f"must be one of {', '.join(option.choices)}")
   return value
-
-
-def check_data_rules(value) -> str:
-  return check_choice(DATA_RULES_OPTION, value)

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.tasks.base import Batch, Option, OptionError, Task, accuracy, softmax_cross_entropy
+from seqjax.tasks.base import Batch, Option, Task, accuracy, softmax_cross_entropy
 
 PERMUTATION_SEED = 0
 # --eval_split: "test" (train on all training data, evaluate on the test split: the RWA paper's
@@ -16,13 +16,6 @@ PERMUTE = Option("permute", bool, False, "A fixed pixel permutation.")
 EVAL_SPLIT = Option("eval_split", str, "test", "What a dataset task is evaluated on: test (train "
                     "on all its training data; the paper's protocol) or validation (train on the "
                     "training data less a fixed validation part, evaluate on that).", EVAL_SPLITS)
-
-
-def check_eval_split(task: str, eval_split: str) -> str:
-  if eval_split not in EVAL_SPLITS:
-    raise OptionError("eval_split", eval_split,
-                      f"must be one of {', '.join(EVAL_SPLITS)} for the {task} task")
-  return eval_split
 
 
 def split_off(train_x, train_y, num_validation: int):

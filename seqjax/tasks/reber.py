@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqjax.tasks._checks import DATA_RULES_OPTION, check_data_rules, check_int
+from seqjax.tasks._checks import DATA_RULES_OPTION, check_choice, check_int
 from seqjax.tasks.base import Batch, OptionError, Task, accuracy, softmax_cross_entropy
 
 LETTERS = "BTPSXVE"
@@ -80,7 +80,7 @@ def make(seq_len: int = DEFAULTS["seq_len"], data_rules: str = "paper") -> Task:
     raise OptionError("seq_len", seq_len, f"must be an int >= {SHORTEST} for reber (the shortest "
                       f"valid strings, BTXSE and BPVVE, have {SHORTEST} letters)")
   T = check_int("reber", "seq_len", seq_len, SHORTEST)
-  authors = check_data_rules(data_rules) == "authors"
+  authors = check_choice(DATA_RULES_OPTION, data_rules) == "authors"
   branches = jnp.asarray(BRANCHES)
   to_finish = jnp.asarray(TO_FINISH)
 

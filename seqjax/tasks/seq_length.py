@@ -11,7 +11,7 @@ length = seq_len / 2, rounds to the even 0), computed in integers so no float ro
 import jax
 import jax.numpy as jnp
 
-from seqjax.tasks._checks import DATA_RULES_OPTION, check_data_rules, check_int
+from seqjax.tasks._checks import DATA_RULES_OPTION, check_choice, check_int
 from seqjax.tasks.base import Batch, Task, accuracy, softmax_cross_entropy
 
 DEFAULTS = dict(seq_len=100, hidden_size=250, num_steps=20000, batch_size=100, learning_rate=1e-3)
@@ -20,7 +20,7 @@ OPTIONS = (DATA_RULES_OPTION,)
 
 def make(seq_len: int = DEFAULTS["seq_len"], data_rules: str = "paper") -> Task:
   T = check_int("seq_length", "seq_len", seq_len, 2)
-  authors = check_data_rules(data_rules) == "authors"
+  authors = check_choice(DATA_RULES_OPTION, data_rules) == "authors"
 
   def sample(key, batch_size):
     kv, kl = jax.random.split(key)

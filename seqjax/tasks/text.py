@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from seqjax.tasks import corpora
+from seqjax.tasks._checks import check_choice
 from seqjax.tasks.base import Batch, Option, OptionError, Stream, Task, accuracy, \
     softmax_cross_entropy
 
@@ -82,8 +83,7 @@ def from_bytes(data: bytes, seq_len: int = DEFAULTS["seq_len"], eval_split: str 
   """The text task on a corpus given as bytes (what `make` reads from data_dir)."""
   if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
     raise OptionError("seq_len", seq_len, "must be an integer >= 1")
-  if eval_split not in EVAL_SPLITS:
-    raise OptionError("eval_split", eval_split, f"allowed: {', '.join(EVAL_SPLITS)}")
+  check_choice(OPTIONS[2], eval_split)
   if len(data) < 3:
     raise ValueError(f"the corpus has {len(data)} bytes; each of its three splits needs some")
   T = seq_len

@@ -31,7 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from seqjax.tasks._dataset import EVAL_SPLIT, check_eval_split, sequence_task
+from seqjax.tasks._checks import check_choice
+from seqjax.tasks._dataset import EVAL_SPLIT, sequence_task
 from seqjax.tasks.base import Option, OptionError
 
 SPLIT_SEED, VALIDATION_FRACTION = 0, 0.2
@@ -263,7 +264,7 @@ def validation_split(num_series: int):
 
 
 def make(dataset: str = None, data_dir: str = None, eval_split: str = "test"):
-  check_eval_split("uea", eval_split)
+  check_choice(EVAL_SPLIT, eval_split)
   if data_dir is None:
     raise OptionError("data_dir", None, "required (the uea task needs a folder with "
                       "NAME_TRAIN.ts and NAME_TEST.ts, or the sktime wheel; nothing is downloaded)")
