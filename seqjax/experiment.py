@@ -343,17 +343,17 @@ class _Loop:
     its best.json (test_<metric> for every metric), not into metrics.jsonl."""
     fresh = train.init_state(self.tcfg, train.param_key(self.folders.runs[0].seed))
     tokens = self.task.stream.split("test")
-    evaluate = jax.jit(train.evaluate_fn(self.tcfg))
+    evaluate = train.make_evaluate(self.tcfg)
     for run in self.folders.runs:
       path, best = (os.path.join(run.workdir, name) for name in (BEST_CHECKPOINT, BEST))
       if not (os.path.exists(path) and os.path.exists(best)):
         continue
       params = checkpoint.restore(path, fresh).params
       values = {f"test_{k}": float(v) for k, v in evaluate(params, tokens).items()}
+      record = read_json(best)
       if self.folders.lead:
-        checkpoint.write_atomic(best, json.dumps(dict(read_json(best), **values), indent=2)
-                                + "\n")
-      self.log(f"{run.workdir}: best checkpoint (step {read_json(best)['step']}) on the test "
+        checkpoint.write_atomic(best, json.dumps(dict(record, **values), indent=2) + "\n")
+      self.log(f"{run.workdir}: best checkpoint (step {record['step']}) on the test "
                f"part: {values['test_' + self.metric]:.4f} {self.metric}")
 
   def finish(self) -> dict:

@@ -94,6 +94,7 @@ def from_bytes(data: bytes, seq_len: int = DEFAULTS["seq_len"], eval_split: str 
   a, b = split_bounds(n)
   parts = dict(zip(SPLITS, (tokens[:a], tokens[a:b], tokens[b:])))
   train = jnp.asarray(parts["train"])  # on the device, uint8; windows are gathered from it
+  evaluated = {k: jnp.asarray(parts[k]) for k in EVAL_SPLITS}  # put there once, not per call
   info = dict(info or {}, corpus_bytes=n, corpus_sha256=hashlib.sha256(data).hexdigest(),
               vocabulary=[int(v) for v in vocab], vocab_size=V)
 
@@ -129,7 +130,7 @@ def from_bytes(data: bytes, seq_len: int = DEFAULTS["seq_len"], eval_split: str 
   def split(name):
     if name not in EVAL_SPLITS:
       raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {name!r}")
-    return jnp.asarray(parts[name])
+    return evaluated[name]
 
   def held_out(key, size=None):
     del key, size  # the split is fixed, and evaluated whole
