@@ -38,7 +38,7 @@ def init(cell: Cell, key, input_size: int, output_size: int, readout: str = "lin
     raise ValueError("models.init: a Bidirectional takes the linear readout only (the "
                      "attention readout attends causally, over one direction's states)")
   kc, kr = jax.random.split(key)
-  H = _width(cell)
+  H = cell.hidden_size  # a Bidirectional's: H_fwd + H_bwd
   if readout == "linear":
     head = {"W": _readout_init(kr, (H, output_size), jnp.float32),
             "b": jnp.zeros((output_size,), jnp.float32)}
@@ -128,13 +128,6 @@ def _finish_last(params, y, lengths):
   if lengths is None:
     return y
   return jnp.where((lengths > 0)[:, None], y, bias(params["readout"]["b"], y))
-
-
-def _width(cell) -> int:
-  """The size of the states the readout reads: a cell's H, a Bidirectional's H_fwd + H_bwd."""
-  if isinstance(cell, Bidirectional):
-    return cell.cell_fwd.hidden_size + cell.cell_bwd.hidden_size
-  return cell.hidden_size
 
 
 def _apply_bidirectional(bi, params, xs, lengths, per_step, unroll, remat):
