@@ -10,9 +10,10 @@ the first; the weight gradients are taken after the loop from all steps at once,
 and, for wide inputs, dW_x, the biases and dxs the same way (narrow inputs recompute x·W_x per
 step and accumulate their small gradients in the loop). The step's own derivative is jax.vjp of
 `update`, or the cell's `UpdateBackward` where autodiff of it loses precision (the RWA). On CPU
-at small hidden sizes (`backward_layout`) the backward loop instead keeps only the state,
-recomputes h·W_h and accumulates the hidden-side weight gradient in the loop: there the [T, B, K]
-buffers cost more memory traffic than the per-step product they save. Same
+at large batches (`backward_layout`: B >= 64 and a per-step [B, K] of 2^15 floats or more) the
+backward loop instead keeps only the state, recomputes h·W_h and accumulates the hidden-side
+weight gradient in the loop: there the [T, B, K] buffers cost more memory traffic than the
+per-step product they save. Same
 numbers as autodiff up to the order of float additions — tested against jax.grad of the
 per-step loop in float64.
 """
@@ -75,17 +76,19 @@ def _rows(tree):
 # Backends on which `backward_layout` may keep the weight gradients in the backward loop; on the
 # others (GPU, TPU) they are always taken after it. () forces "after" everywhere.
 IN_LOOP_ON = ("cpu",)
-# CPU, measured (BUILD_NOTES.md, "Research-size grid"): below this hidden size the [T, B, K]
-# buffers of the after-the-loop layout cost more memory traffic than the per-step weight-gradient
-# product they save (lstm train step, CPU time, in loop / after: H=32 0.96, H=64 0.81-0.99,
-# H=96 0.72; H=128 1.02-1.10, H=250 1.07, H=256 1.31); below this batch the in-loop product is
-# a thin update that gains nothing (B=1: 0.95 at H=64, 1.86 at H=128).
-IN_LOOP_BELOW_HIDDEN, IN_LOOP_FROM_BATCH = 112, 8
+# CPU, measured on a quiet 2-core machine (BUILD_NOTES.md, "The backward layout, re-measured"):
+# 80 shapes, 5 cells x B in {8, 32, 64, 128} x H in {32, 64, 128, 256}, T = 100. The in-loop
+# layout won only where the per-step [B, K] buffers of the after-the-loop layout are large —
+# B * K >= 2**15 floats (128 KiB) at B >= 64: after / in loop 1.01-1.41 there (lstm B=128
+# H=64: 1.41), 0.55-1.07 everywhere else (gru B=8 H=128: 0.55). Below B = 64 a wide K does
+# not tip it (lstm B=32 H=256, B*K = 2**15: 0.85).
+IN_LOOP_FROM_BATCH, IN_LOOP_FROM_BUFFER = 64, 2 ** 15
 
 
-def backward_layout(backend: str, batch: int, hidden_size: int, in_loop_on=None) -> str:
-  """The backward loop's layout for a cell of `hidden_size` run over `batch` sequences (the
-  product of the batch dims) on `backend` ("cpu", "gpu", "tpu"):
+def backward_layout(backend: str, batch: int, width: int, in_loop_on=None) -> str:
+  """The backward loop's layout for a cell whose h·W_h is `width` (K) wide per sequence
+  (lstm 4H, gru 3H, rwa 2H, rnn H), run over `batch` sequences (the product of the batch dims)
+  on `backend` ("cpu", "gpu", "tpu"):
 
   "after": keep h·W_h per step and take the hidden-side weight gradient after the loop, one
     [H, T·B] x [T·B, K] product; "in_loop": keep only the state, recompute h·W_h and accumulate
@@ -93,17 +96,24 @@ def backward_layout(backend: str, batch: int, hidden_size: int, in_loop_on=None)
   in_loop_on: the backends where "in_loop" may be chosen (default `IN_LOOP_ON`, read now).
   """
   in_loop_on = IN_LOOP_ON if in_loop_on is None else in_loop_on
-  if (backend in in_loop_on and hidden_size < IN_LOOP_BELOW_HIDDEN
-      and batch >= IN_LOOP_FROM_BATCH):
+  if (backend in in_loop_on and batch >= IN_LOOP_FROM_BATCH
+      and batch * width >= IN_LOOP_FROM_BUFFER):
     return "in_loop"
   return "after"
+
+
+def projection_width(parts, params, h) -> int:
+  """K: the summed last dims of project_h(params, h), from shapes alone."""
+  out = jax.eval_shape(parts.project_h, params, h)
+  return sum(leaf.shape[-1] for leaf in jax.tree.leaves(out))
 
 
 def fused_run(parts):
   """The `FastLoop.run` of a cell declared by its `LoopParts`."""
   def run(params, xs_T, state0, active_T, unroll, resets=None):
     batch = math.prod(xs_T.shape[1:-1])
-    layout = backward_layout(jax.default_backend(), batch, state0.h.shape[-1])
+    layout = backward_layout(jax.default_backend(), batch,
+                             projection_width(parts, params, state0.h))
     scan_fn = make_fused_scan(parts, unroll, store_input_projection=xs_T.shape[-1] > NARROW_INPUT,
                               weights_in_loop=layout == "in_loop")
     at_T, reset_state = (None, None) if resets is None else resets

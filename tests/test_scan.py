@@ -120,7 +120,7 @@ _QUICK_IN_LOOP = (("lstm", True, True, F), ("rda", True, False, F), ("gru", True
 def test_the_in_loop_layout_matches_the_literal_loop(name, with_lengths, remat, input_size,
                                                      monkeypatch):
   """The backward layout that keeps only the state and accumulates the weight gradients in the
-  loop (what `backward_layout` picks on CPU for small hidden sizes) gives the literal loop's
+  loop (what `backward_layout` picks on CPU at large batches) gives the literal loop's
   values and gradients, float64."""
   layouts = []
   make = _fused.make_fused_scan
@@ -130,6 +130,7 @@ def test_the_in_loop_layout_matches_the_literal_loop(name, with_lengths, remat, 
     return make(*args, **kw)
 
   monkeypatch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
+  monkeypatch.setattr(_fused, "IN_LOOP_FROM_BUFFER", 1)
   monkeypatch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
   monkeypatch.setattr(_fused, "make_fused_scan", spy)
   _check_against_the_literal_loop(name, with_lengths, remat, input_size)
@@ -137,17 +138,32 @@ def test_the_in_loop_layout_matches_the_literal_loop(name, with_lengths, remat, 
 
 
 def test_backward_layout_rule():
-  """In the loop only on the backends of IN_LOOP_ON, below the hidden size and from the batch
+  """In the loop only on the backends of IN_LOOP_ON, from the batch and the per-step buffer size
   measured on CPU; the after-the-loop products everywhere else (GPU, TPU: unchanged)."""
   rule = _fused.backward_layout
-  H, B = _fused.IN_LOOP_BELOW_HIDDEN, _fused.IN_LOOP_FROM_BATCH
-  assert rule("cpu", 64, 64) == rule("cpu", B, H - 1) == "in_loop"
-  assert rule("cpu", 100, H) == rule("cpu", B - 1, 64) == rule("cpu", 1, 64) == "after"
-  assert rule("cpu", 100, 250) == rule("cpu", 1, 128) == rule("cpu", 100, 128) == "after"
+  B, K = _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER // _fused.IN_LOOP_FROM_BATCH
+  assert rule("cpu", B, K) == rule("cpu", 128, 4 * 64) == rule("cpu", 100, 4 * 128) == "in_loop"
+  assert rule("cpu", B - 1, 4 * K) == rule("cpu", B, K - 1) == rule("cpu", 1, 4 * 128) == "after"
+  assert rule("cpu", 64, 4 * 64) == rule("cpu", 16, 4 * 256) == rule("cpu", 32, 4 * 128) == "after"
   for backend in ("gpu", "tpu"):
-    assert rule(backend, 64, 64) == rule(backend, 100, 128) == "after"
-  assert rule("cpu", 64, 64, in_loop_on=()) == "after"
-  assert rule("gpu", 64, 64, in_loop_on=("gpu",)) == "in_loop"
+    assert rule(backend, 128, 4 * 64) == rule(backend, 100, 4 * 128) == "after"
+  assert rule("cpu", 128, 4 * 64, in_loop_on=()) == "after"
+  assert rule("gpu", 128, 4 * 64, in_loop_on=("gpu",)) == "in_loop"
+
+
+@pytest.mark.parametrize("name, gates", [("lstm", 4), ("gru", 3), ("rnn", 1), ("rwa", 2),
+                                         ("lstm+rwa", None)])
+def test_the_rule_reads_each_cells_projection_width(name, gates, monkeypatch):
+  """The layout is chosen from h·W_h's width K (4H for the lstm, 3H gru, 2H rwa, H rnn) and
+  the batch; a stack chooses per layer."""
+  seen = []
+  rule = _fused.backward_layout
+  monkeypatch.setattr(_fused, "backward_layout",
+                      lambda backend, batch, k: seen.append((batch, k)) or rule(backend, batch, k))
+  cell, params, xs = _problem(name, B=3, T=4, input_size=F)
+  jax.grad(lambda p: jnp.sum(seqjax.scan(cell, p, xs)[1]))(params)
+  assert seen == ([(3, gates * cell.hidden_size)] if gates else
+                  [(3, 4 * cell.layers[0].hidden_size), (3, 2 * cell.layers[1].hidden_size)])
 
 
 def _check_against_the_literal_loop(name, with_lengths, remat, input_size):

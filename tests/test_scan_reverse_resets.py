@@ -50,9 +50,10 @@ def _value_and_grads(run, params, xs, state0, w):
                                            ("lstm", "in_loop"), ("lstm+rwa", "in_loop")])
 def test_reverse_and_resets_equal_the_literal_loops(name, layout, monkeypatch):
   """layout "in_loop": the backward layout that accumulates the weight gradients in the loop
-  (`_fused.backward_layout`'s choice on CPU at small sizes), forced at this tiny batch."""
+  (`_fused.backward_layout`'s choice on CPU at large batches), forced at this tiny batch."""
   if layout == "in_loop":
     monkeypatch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
+    monkeypatch.setattr(_fused, "IN_LOOP_FROM_BUFFER", 1)
     monkeypatch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
   with jax.enable_x64(True):
     cell = CELLS[name]()
