@@ -7,6 +7,7 @@ A row's `ratio` is its time / the first row's time of the same configuration (th
 seqjax's first variant), so > 1 means the reference is faster.
 """
 
+import contextlib
 import os
 import statistics
 import time
@@ -18,7 +19,7 @@ import numpy as np
 import optax
 
 import seqjax
-from seqjax import cells, models
+from seqjax import _fused, cells, models
 
 FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}
 TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
@@ -178,14 +179,45 @@ def _blocked(step, box, key, xs):
   return train
 
 
-def _jax_contender(label, fns, box, xs):
+def _jax_contender(label, fns, box, xs, layout=None):
   box[label], step, infer = fns
-  return Contender(label, _blocked(step, box, label, xs),
-                   lambda: jax.block_until_ready(infer(box[label][0], xs)))
+  # jit traces at the first call: a forced layout is set around every call
+  return Contender(label, _under_layout(layout, _blocked(step, box, label, xs)),
+                   _under_layout(layout, lambda: jax.block_until_ready(infer(box[label][0], xs))))
+
+
+# --layouts: the two backward layouts of the hand-written pass, forced whatever the rule picks
+LAYOUTS = {"after": " (weight gradients after the loop)", "in_loop": " (weight gradients in the loop)"}
+
+
+@contextlib.contextmanager
+def forced_layout(layout):
+  """`seqjax._fused.backward_layout` answers `layout` ("after", "in_loop") for whatever is
+  traced inside; None: the rule as it stands."""
+  saved = _fused.IN_LOOP_ON, _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER
+  if layout == "after":
+    _fused.IN_LOOP_ON = ()
+  elif layout == "in_loop":
+    _fused.IN_LOOP_ON, _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER = (
+        (jax.default_backend(),), 1, 0)
+  try:
+    yield
+  finally:
+    _fused.IN_LOOP_ON, _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER = saved
+
+
+def _under_layout(layout, fn):
+  if layout is None:
+    return fn
+
+  def call():
+    with forced_layout(layout):
+      fn()
+  return call
 
 
 def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",), versus=(),
-               autodiff_row=False, anchors=ANCHORS, seed=1, scan_variants=()):
+               autodiff_row=False, anchors=ANCHORS, seed=1, scan_variants=(), layouts=False):
   """The contenders of one configuration, seqjax's first variant first; returns (contenders,
   notes: why an asked-for row is absent or is another row, versions)."""
   xs = jax.random.normal(jax.random.key(seed), (B, T, F), jnp.float32)
@@ -197,7 +229,7 @@ def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",
     return cells.get(cell_name, hidden_size=H, num_layers=layers,
                      dtype=None if dtype == "float32" else jnp.bfloat16)
 
-  variants = []  # (label, cell, unroll, scan keyword arguments)
+  variants = []  # (label, cell, unroll, scan keyword arguments[, forced layout])
   for dtype in dtypes:
     tag = "" if dtype == "float32" else f" {dtype}"
     for n in num_layers:
@@ -213,9 +245,11 @@ def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",
     variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u, {}))
   for variant in scan_variants:
     variants.append((f"{label} {variant}", cell, u, scan_variant_kwargs(variant, xs)))
-  for label, cell, unroll, kw in variants:
+  if layouts:
+    variants += [(label + suffix, cell, u, {}, layout) for layout, suffix in LAYOUTS.items()]
+  for label, cell, unroll, kw, *layout in variants:
     out.append(_jax_contender(label, seqjax_fns(cell, xs, unroll=unroll, scan_kwargs=kw), box,
-                              xs))
+                              xs, *layout))
   gpu = jax.default_backend() == "gpu"
   if "flax" in anchors:
     if name in FLAX_CELLS:
@@ -412,18 +446,19 @@ def sgemm_gflops(n=2048, repeats=5):
   return rates
 
 
-def grid_point(name, B, T, F, H, repeats, anchors=("flax", "torch"), sgemm_n=2048):
+def grid_point(name, B, T, F, H, repeats, anchors=("flax", "torch"), sgemm_n=2048,
+               layouts=False):
   """One cell at one grid point: seqjax's default, seqjax under `cells.autodiff_backward`, the
   anchors, train and inference, interleaved medians; the sgemm rate measured just before (the
   peak: the best rate measured so far in this process), and
-  each row's matmul GFLOP/s and share of that peak (sgemm_n x sgemm_n products). Returns (rows,
-  notes, versions)."""
+  each row's matmul GFLOP/s and share of that peak (sgemm_n x sgemm_n products); layouts: also
+  the default with each backward layout forced (`LAYOUTS`). Returns (rows, notes, versions)."""
   rates = sgemm_gflops(sgemm_n)
   # the best rate this process has seen: a single measurement on a loaded machine can catch the
   # cores busy and make a share of "peak" exceed 100%
   _PEAK_SEEN[sgemm_n] = peak = max(_PEAK_SEEN.get(sgemm_n, 0.0), *rates.values())
   got, notes, versions = contenders(name, B, T, F, H, unrolls=(seqjax.default_unroll(),),
-                                    autodiff_row=True, anchors=anchors)
+                                    autodiff_row=True, anchors=anchors, layouts=layouts)
   if B * T >= LARGE_TOKENS:
     repeats = min(repeats, LARGE_REPEATS)
   rows = []

@@ -24,7 +24,9 @@ points (--grid_points, BxTxFxH each; --tiny: one tiny point), train and inferenc
 rows interleaved: seqjax's default, seqjax under cells.autodiff_backward, flax at unroll 1 and at
 seqjax's unroll, torch; each row's ratio to the default, and its matmul GFLOP/s as a share of the
 machine's sgemm rate measured just before the point (bench_lib.matmul_flops, sgemm_gflops).
-Points of >= 50,000 tokens get at most 3 repeats. Every row has wall-clock and CPU-time
+--layouts adds the default with each backward layout forced (the data behind
+seqjax._fused.backward_layout's rule). Each timed call follows an untimed call of the same
+step. Points of >= 50,000 tokens get at most 3 repeats. Every row has wall-clock and CPU-time
 medians and ratios: on a machine shared with other jobs the CPU time tracks the work.
 torch's OpenMP threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set): spinning, they
 steal the cores of the next row timed.
@@ -98,6 +100,10 @@ GRID_CELLS = flags.DEFINE_list("cells", list(bench_lib.GRID_CELLS), "--grid: the
 GRID_POINTS = flags.DEFINE_list(
     "grid_points", [], "--grid: points as BxTxFxH, e.g. 64x100x3x64,100x1000x2x128 (default: "
     f"the grid's {len(bench_lib.GRID_POINTS)} points, or the tiny one with --tiny).")
+LAYOUTS = flags.DEFINE_boolean(
+    "layouts", False, "--grid: also time the default with each backward layout forced (weight "
+    "gradients after the loop / in the loop), the measurement behind seqjax._fused."
+    "backward_layout's rule.")
 SECTIONS = flags.DEFINE_list("sections", list(suite.SECTIONS),
                              f"--suite: the sections to run, from {', '.join(suite.SECTIONS)}.")
 
@@ -141,7 +147,8 @@ def main_grid():
         flush=True)
   for B, T, F, H in points:
     for name in names:
-      rows, notes, versions = bench_lib.grid_point(name, B, T, F, H, REPEATS.value)
+      rows, notes, versions = bench_lib.grid_point(name, B, T, F, H, REPEATS.value,
+                                                   layouts=LAYOUTS.value)
       report["rows"] += rows
       report["notes"] += [f"{name} {B}x{T}x{F}x{H}: {n}" for n in notes]
       report["versions"].update(versions)

@@ -109,13 +109,15 @@ def section_tests(rec, sizes):
 
 
 def section_grid(rec, sizes):
-  """launch.benchmark --grid: every cell at every point, smallest points first, so a cut-off
-  section keeps whole points."""
+  """launch.benchmark --grid --layouts: every cell at every point, smallest points first, so a
+  cut-off section keeps whole points; the two backward layouts forced beside the default, the
+  data a GPU's own layout rule would need."""
   from launch import bench_lib
   names, points = sizes.grid
   for B, T, F, H in points:
     for name in names:
-      rows, notes, versions = bench_lib.grid_point(name, B, T, F, H, sizes.repeats)
+      rows, notes, versions = bench_lib.grid_point(name, B, T, F, H, sizes.repeats,
+                                                   layouts=True)
       rec.add(rows, [f"{name} {_shape(B, T, F, H)}: {n}" for n in notes], versions)
   return 0
 

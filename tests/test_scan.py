@@ -137,6 +137,29 @@ def test_the_in_loop_layout_matches_the_literal_loop(name, with_lengths, remat, 
   assert layouts and all(layouts)
 
 
+def _program(text):
+  """Compiled HLO text without what names the source: metadata and the stack-frame tables."""
+  import re
+  text = re.sub(r", metadata=\{[^}]*\}", "", text)
+  tables = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
+  return "\n".join(line for line in text.splitlines()[1:]
+                   if line not in tables and not re.match(r"\d+ ", line))
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "rwa", "rda"])
+def test_inference_is_the_autodiff_cells_program(name):
+  """Undifferentiated, the hand-written pass is never traced: the default path's forward
+  compiles to the very program of cells.autodiff_backward's step loop, so inference cannot be
+  slower (or faster) than JAX's own, whatever a timing says."""
+  cell, params, xs = _problem(name, B=3, T=5)
+
+  def compiled(c):
+    forward = jax.jit(lambda p, x: seqjax.scan(c, p, x, lengths=jnp.array([5, 2, 0])))
+    return _program(forward.lower(params, xs).compile().as_text())
+  fast = compiled(cell)
+  assert "while" in fast and fast == compiled(cells.autodiff_backward(cell))
+
+
 def test_backward_layout_rule():
   """In the loop only on the backends of IN_LOOP_ON, from the batch and the per-step buffer size
   measured on CPU; the after-the-loop products everywhere else (GPU, TPU: unchanged)."""

@@ -46,15 +46,13 @@ def _value_and_grads(run, params, xs, state0, w):
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(params, xs, state0)
 
 
-@pytest.mark.parametrize("name, layout", [*((name, "default") for name in CELLS),
-                                           ("lstm", "in_loop"), ("lstm+rwa", "in_loop")])
-def test_reverse_and_resets_equal_the_literal_loops(name, layout, monkeypatch):
-  """layout "in_loop": the backward layout that accumulates the weight gradients in the loop
-  (`_fused.backward_layout`'s choice on CPU at large batches), forced at this tiny batch."""
-  if layout == "in_loop":
-    monkeypatch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
-    monkeypatch.setattr(_fused, "IN_LOOP_FROM_BUFFER", 1)
-    monkeypatch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
+# cells whose hand-written backward is checked under both layouts (`_fused.backward_layout`:
+# weight gradients after the loop at this tiny batch; in the loop forced)
+BOTH_LAYOUTS = ("lstm", "lstm+rwa")
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_reverse_and_resets_equal_the_literal_loops(name, monkeypatch):
   with jax.enable_x64(True):
     cell = CELLS[name]()
     kp, kr, kx, ks, kw, kz = jax.random.split(jax.random.key(1), 6)
@@ -69,14 +67,21 @@ def test_reverse_and_resets_equal_the_literal_loops(name, layout, monkeypatch):
     lengths = jnp.array(LENGTHS)
     # remat and unroll for two cells only: the same reversal and resets code runs for all
     slow = [dict(remat=True, unroll=2)] if name in ("lstm", "min_rwa, parallel") else []
+    layouts = ("default", "in_loop") if name in BOTH_LAYOUTS else ("default",)
     for reverse, speeds in [(False, [{}]), (True, [{}, *slow])]:
       ref = _value_and_grads(lambda p, x, s: _literal(cell, p, x, s, LENGTHS, resets, reverse),
                              params, xs, state0, w)
       for speed in speeds:
-        got = _value_and_grads(lambda p, x, s: seqjax.scan(
-            cell, p, x, initial_state=s, lengths=lengths, resets=resets, reverse=reverse,
-            **speed), params, xs, state0, w)
-        assert_trees_close(got, ref, rtol=1e-10, atol=1e-11)
+        for layout in layouts:
+          with monkeypatch.context() as patch:
+            if layout == "in_loop":
+              patch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
+              patch.setattr(_fused, "IN_LOOP_FROM_BUFFER", 1)
+              patch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
+            got = _value_and_grads(lambda p, x, s: seqjax.scan(
+                cell, p, x, initial_state=s, lengths=lengths, resets=resets, reverse=reverse,
+                **speed), params, xs, state0, w)
+          assert_trees_close(got, ref, rtol=1e-10, atol=1e-11)
 
 
 @pytest.mark.parametrize("name", ["lstm"])
