@@ -77,11 +77,11 @@ def _rows(tree):
 # others (GPU, TPU) they are always taken after it. () forces "after" everywhere.
 IN_LOOP_ON = ("cpu",)
 # CPU, measured on a quiet 2-core machine (BUILD_NOTES.md, "The backward layout, re-measured"):
-# 80 shapes, 5 cells x B in {8, 32, 64, 128} x H in {32, 64, 128, 256}, T = 100. The in-loop
-# layout won only where the per-step [B, K] buffers of the after-the-loop layout are large —
-# B * K >= 2**15 floats (128 KiB) at B >= 64: after / in loop 1.01-1.41 there (lstm B=128
-# H=64: 1.41), 0.55-1.07 everywhere else (gru B=8 H=128: 0.55). Below B = 64 a wide K does
-# not tip it (lstm B=32 H=256, B*K = 2**15: 0.85).
+# 80 shapes, 5 cells x B in {8, 32, 64, 128} x H in {32, 64, 128, 256}, T = 100, two runs.
+# The in-loop layout won only where the per-step [B, K] buffers of the after-the-loop layout
+# are large, B * K >= 2**15 floats (128 KiB) at B >= 64: after / in loop 1.01-1.41 there in
+# one run, 0.89-1.31 in the other; mostly below 1 everywhere else (B = 8: 0.55-0.96 at
+# H >= 64). Below B = 64 a wide K does not tip it (lstm B=32 H=256, B*K = 2**15: 0.85, 0.76).
 IN_LOOP_FROM_BATCH, IN_LOOP_FROM_BUFFER = 64, 2 ** 15
 
 

@@ -224,12 +224,22 @@ def test_the_grid_counts_the_products_by_hand():
   assert suite.FULL.grid == (bench_lib.GRID_CELLS, bench_lib.GRID_POINTS)
 
 
-def test_a_forced_layout_holds_inside_and_the_rule_returns_after():
+def test_a_forced_layout_reaches_the_traced_step_and_the_rule_comes_back(monkeypatch):
+  import jax
   from launch import bench_lib
   from seqjax import _fused
-  rule = _fused.backward_layout
-  assert (rule("cpu", 1, 8), rule("cpu", 128, 512)) == ("after", "in_loop")
+  rule, backend = _fused.backward_layout, jax.default_backend()
+  before = (rule(backend, 1, 8), rule(backend, 128, 512))
   for layout in ("after", "in_loop"):
     with bench_lib.forced_layout(layout):
-      assert rule("cpu", 1, 8) == rule("cpu", 128, 512) == layout
-  assert (rule("cpu", 1, 8), rule("cpu", 128, 512)) == ("after", "in_loop")
+      assert rule(backend, 1, 8) == rule(backend, 128, 512) == layout
+  assert (rule(backend, 1, 8), rule(backend, 128, 512)) == before
+  # the --layouts rows' steps are traced under their layout (jit traces at the first call)
+  seen, make = [], _fused.make_fused_scan
+  monkeypatch.setattr(_fused, "make_fused_scan",
+                      lambda *a, **kw: seen.append(kw["weights_in_loop"]) or make(*a, **kw))
+  got, _, _ = bench_lib.contenders("rnn", 2, 3, 2, 4, unrolls=(1,), anchors=(), layouts=True)
+  for contender, in_loop in zip(got[1:], (False, True)):
+    seen.clear()
+    contender.train()
+    assert seen and set(seen) == {in_loop}, contender.label

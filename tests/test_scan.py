@@ -175,7 +175,7 @@ def test_backward_layout_rule():
 
 
 @pytest.mark.parametrize("name, gates", [("lstm", 4), ("gru", 3), ("rnn", 1), ("rwa", 2),
-                                         ("lstm+rwa", None)])
+                                         ("rda", 3), ("lstm+rwa", None)])
 def test_the_rule_reads_each_cells_projection_width(name, gates, monkeypatch):
   """The layout is chosen from h·W_h's width K (4H for the lstm, 3H gru, 2H rwa, H rnn) and
   the batch; a stack chooses per layer."""
