@@ -18,6 +18,11 @@ MAKERS = {"rnn": lambda: cells.rnn(4), "lstm": lambda: cells.lstm(4),
           "gru": lambda: cells.gru(4), "rwa": lambda: cells.rwa(4),
           "lstm+rwa": lambda: cells.stack([cells.lstm(5), cells.rwa(4)])}
 TOL = dict(rtol=1e-5, atol=1e-6)
+# Gradients summed over the steps in float32 by two differentiations (flax's per-step autodiff,
+# seqjax's hand-written pass) differ in the order of their additions: a few ulps of the largest
+# term (2.4e-6 on an rnn gradient entry of 0.14 built from O(1) terms, at the suite's XLA
+# optimisation level 0).
+GRAD_TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(params=list(MAKERS))
@@ -94,7 +99,7 @@ def test_linen_matches_scan_outputs_carry_and_grads(cell):
   (_, (final_state, expected)), want = jax.jit(jax.value_and_grad(scan_run, has_aux=True))(P)
   assert_trees_close(hs, expected, **TOL)
   assert_trees_close(carry, final_state, **TOL)
-  assert_trees_close(grads, want, **TOL)
+  assert_trees_close(grads, want, **GRAD_TOL)
 
 
 def test_linen_seq_lengths(cell):
@@ -313,7 +318,7 @@ def test_nnx_matches_scan_before_and_after_set_params_and_grads(cell):
   got, want = by_path(grads["cell"]["params"]), by_path(want)
   assert sorted(got) == sorted(want)
   for path in want:
-    np.testing.assert_allclose(got[path], want[path], **TOL, err_msg=str(path))
+    np.testing.assert_allclose(got[path], want[path], **GRAD_TOL, err_msg=str(path))
 
 
 def test_nnx_seq_lengths(cell):
