@@ -7,7 +7,6 @@ A row's `ratio` is its time / the first row's time of the same configuration (th
 seqjax's first variant), so > 1 means the reference is faster.
 """
 
-import contextlib
 import os
 import statistics
 import time
@@ -190,28 +189,12 @@ def _jax_contender(label, fns, box, xs, layout=None):
 LAYOUTS = {"after": " (weight gradients after the loop)", "in_loop": " (weight gradients in the loop)"}
 
 
-@contextlib.contextmanager
-def forced_layout(layout):
-  """`seqjax._fused.backward_layout` answers `layout` ("after", "in_loop") for whatever is
-  traced inside; None: the rule as it stands."""
-  saved = _fused.IN_LOOP_ON, _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER
-  if layout == "after":
-    _fused.IN_LOOP_ON = ()
-  elif layout == "in_loop":
-    _fused.IN_LOOP_ON, _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER = (
-        (jax.default_backend(),), 1, 0)
-  try:
-    yield
-  finally:
-    _fused.IN_LOOP_ON, _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER = saved
-
-
 def _under_layout(layout, fn):
   if layout is None:
     return fn
 
   def call():
-    with forced_layout(layout):
+    with _fused.forced_layout(layout):
       fn()
   return call
 
@@ -229,27 +212,27 @@ def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",
     return cells.get(cell_name, hidden_size=H, num_layers=layers,
                      dtype=None if dtype == "float32" else jnp.bfloat16)
 
-  variants = []  # (label, cell, unroll, scan keyword arguments[, forced layout])
+  variants = []  # (label, cell, unroll, scan keyword arguments, forced layout or None)
   for dtype in dtypes:
     tag = "" if dtype == "float32" else f" {dtype}"
     for n in num_layers:
       cell = get(name, n, dtype)
       for u in unrolls:
         variants.append((f"seqjax {cell.name}" + (f" unroll={u}" if len(unrolls) > 1 else "")
-                         + tag, cell, u, {}))
+                         + tag, cell, u, {}, None))
     for other in versus:
       vcell = get(other, num_layers[0], dtype)
-      variants.append((f"seqjax {vcell.name}{tag}", vcell, unrolls[0], {}))
-  label, cell, u, _ = variants[0]
+      variants.append((f"seqjax {vcell.name}{tag}", vcell, unrolls[0], {}, None))
+  label, cell, u, _, _ = variants[0]
   if autodiff_row:
-    variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u, {}))
+    variants.append((label + " (jax.grad backward)", cells.autodiff_backward(cell), u, {}, None))
   for variant in scan_variants:
-    variants.append((f"{label} {variant}", cell, u, scan_variant_kwargs(variant, xs)))
+    variants.append((f"{label} {variant}", cell, u, scan_variant_kwargs(variant, xs), None))
   if layouts:
     variants += [(label + suffix, cell, u, {}, layout) for layout, suffix in LAYOUTS.items()]
-  for label, cell, unroll, kw, *layout in variants:
+  for label, cell, unroll, kw, layout in variants:
     out.append(_jax_contender(label, seqjax_fns(cell, xs, unroll=unroll, scan_kwargs=kw), box,
-                              xs, *layout))
+                              xs, layout))
   gpu = jax.default_backend() == "gpu"
   if "flax" in anchors:
     if name in FLAX_CELLS:

@@ -18,6 +18,7 @@ numbers as autodiff up to the order of float additions — tested against jax.gr
 per-step loop in float64.
 """
 
+import contextlib
 import math
 
 import jax
@@ -83,6 +84,23 @@ IN_LOOP_ON = ("cpu",)
 # one run, 0.89-1.31 in the other; mostly below 1 everywhere else (B = 8: 0.55-0.96 at
 # H >= 64). Below B = 64 a wide K does not tip it (lstm B=32 H=256, B*K = 2**15: 0.85, 0.76).
 IN_LOOP_FROM_BATCH, IN_LOOP_FROM_BUFFER = 64, 2 ** 15
+LAYOUTS = ("after", "in_loop")
+_forced = None  # the layout `forced_layout` imposes, or None: the rule
+
+
+@contextlib.contextmanager
+def forced_layout(layout: str):
+  """Inside, every hand-written backward pass traced takes `layout` ("after" or "in_loop")
+  whatever `backward_layout`'s rule says (benchmarks of both, tests of both). jit traces at a
+  function's first call: make that call inside."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+  global _forced
+  saved, _forced = _forced, layout
+  try:
+    yield
+  finally:
+    _forced = saved
 
 
 def backward_layout(backend: str, batch: int, width: int, in_loop_on=None) -> str:
@@ -94,7 +112,10 @@ def backward_layout(backend: str, batch: int, width: int, in_loop_on=None) -> st
     [H, T·B] x [T·B, K] product; "in_loop": keep only the state, recompute h·W_h and accumulate
     h_{t-1}ᵀ·dpre_t in the loop (as autodiff does) — no [T, B, K] buffers written and read.
   in_loop_on: the backends where "in_loop" may be chosen (default `IN_LOOP_ON`, read now).
+  Inside `forced_layout`, its layout.
   """
+  if _forced is not None:
+    return _forced
   in_loop_on = IN_LOOP_ON if in_loop_on is None else in_loop_on
   if (backend in in_loop_on and batch >= IN_LOOP_FROM_BATCH
       and batch * width >= IN_LOOP_FROM_BUFFER):

@@ -231,9 +231,12 @@ def test_a_forced_layout_reaches_the_traced_step_and_the_rule_comes_back(monkeyp
   rule, backend = _fused.backward_layout, jax.default_backend()
   before = (rule(backend, 1, 8), rule(backend, 128, 512))
   for layout in ("after", "in_loop"):
-    with bench_lib.forced_layout(layout):
+    with _fused.forced_layout(layout):
       assert rule(backend, 1, 8) == rule(backend, 128, 512) == layout
   assert (rule(backend, 1, 8), rule(backend, 128, 512)) == before
+  with pytest.raises(ValueError, match="layout must be one of after, in_loop, got 'fast'"):
+    with _fused.forced_layout("fast"):
+      pass
   # the --layouts rows' steps are traced under their layout (jit traces at the first call)
   seen, make = [], _fused.make_fused_scan
   monkeypatch.setattr(_fused, "make_fused_scan",

@@ -129,11 +129,9 @@ def test_the_in_loop_layout_matches_the_literal_loop(name, with_lengths, remat, 
     layouts.append(kw["weights_in_loop"])
     return make(*args, **kw)
 
-  monkeypatch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
-  monkeypatch.setattr(_fused, "IN_LOOP_FROM_BUFFER", 1)
-  monkeypatch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
   monkeypatch.setattr(_fused, "make_fused_scan", spy)
-  _check_against_the_literal_loop(name, with_lengths, remat, input_size)
+  with _fused.forced_layout("in_loop"):
+    _check_against_the_literal_loop(name, with_lengths, remat, input_size)
   assert layouts and all(layouts)
 
 

@@ -1,6 +1,8 @@
 """`seqjax.scan(..., reverse=True)` and `resets=` against literal per-sequence Python loops:
 values and gradients (params, inputs, initial state) in float64, lengths 0 and T included."""
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +54,7 @@ BOTH_LAYOUTS = ("lstm", "lstm+rwa")
 
 
 @pytest.mark.parametrize("name", CELLS)
-def test_reverse_and_resets_equal_the_literal_loops(name, monkeypatch):
+def test_reverse_and_resets_equal_the_literal_loops(name):
   with jax.enable_x64(True):
     cell = CELLS[name]()
     kp, kr, kx, ks, kw, kz = jax.random.split(jax.random.key(1), 6)
@@ -67,17 +69,13 @@ def test_reverse_and_resets_equal_the_literal_loops(name, monkeypatch):
     lengths = jnp.array(LENGTHS)
     # remat and unroll for two cells only: the same reversal and resets code runs for all
     slow = [dict(remat=True, unroll=2)] if name in ("lstm", "min_rwa, parallel") else []
-    layouts = ("default", "in_loop") if name in BOTH_LAYOUTS else ("default",)
+    layouts = (None, "in_loop") if name in BOTH_LAYOUTS else (None,)
     for reverse, speeds in [(False, [{}]), (True, [{}, *slow])]:
       ref = _value_and_grads(lambda p, x, s: _literal(cell, p, x, s, LENGTHS, resets, reverse),
                              params, xs, state0, w)
       for speed in speeds:
         for layout in layouts:
-          with monkeypatch.context() as patch:
-            if layout == "in_loop":
-              patch.setattr(_fused, "IN_LOOP_FROM_BATCH", 1)
-              patch.setattr(_fused, "IN_LOOP_FROM_BUFFER", 1)
-              patch.setattr(_fused, "IN_LOOP_ON", (jax.default_backend(),))
+          with _fused.forced_layout(layout) if layout else contextlib.nullcontext():
             got = _value_and_grads(lambda p, x, s: seqjax.scan(
                 cell, p, x, initial_state=s, lengths=lengths, resets=resets, reverse=reverse,
                 **speed), params, xs, state0, w)
