@@ -20,6 +20,8 @@ import optax
 import seqjax
 from seqjax import _fused, cells, models
 
+from . import allocator
+
 FLAX_CELLS = {"lstm": "OptimizedLSTMCell", "gru": "GRUCell", "rnn": "SimpleCell"}
 TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 ANCHORS = ("flax", "torch", "torch_fp16", "cudnn")
@@ -206,7 +208,7 @@ def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",
   xs = jax.random.normal(jax.random.key(seed), (B, T, F), jnp.float32)
   box, out, notes = {}, [], []
   versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
-              "backend": jax.default_backend()}
+              "backend": jax.default_backend(), "malloc": allocator.describe()}
 
   def get(cell_name, layers, dtype):
     return cells.get(cell_name, hidden_size=H, num_layers=layers,

@@ -208,10 +208,14 @@ assert tuple(SECTION_FNS) == SECTIONS
 
 
 def child_main(argv):
-  """`python -m launch.suite NAME OUT_JSON [--tiny]`: one section, its rows to OUT_JSON."""
+  """`python -m launch.suite NAME OUT_JSON [--tiny] [--malloc=keep]`: one section, its rows to
+  OUT_JSON; --malloc=keep: the driver's allocator setting (launch/allocator.py)."""
+  from . import allocator
   name, out = argv[0], argv[1]
+  if "--malloc=keep" in argv[2:]:
+    allocator.keep_freed_memory()
   rec = Recorder(out)
-  rec.data["header"] = device_header()
+  rec.data["header"] = {**device_header(), "malloc": allocator.describe()}
   rec.add()
   return SECTION_FNS[name](rec, TINY if "--tiny" in argv[2:] else FULL)
 
@@ -219,9 +223,11 @@ def child_main(argv):
 # ---- the driver ----
 
 def section_command(name, out_json, tiny):
+  """A section's child process, with the driver's allocator setting."""
+  from . import allocator
   # __package__: launch from a checkout, seqjax_launch installed from a wheel
   return [sys.executable, "-m", f"{__package__}.suite", name, out_json] + \
-      (["--tiny"] if tiny else [])
+      (["--tiny"] if tiny else []) + (["--malloc=keep"] if allocator.kept() else [])
 
 
 def device_header():
@@ -264,7 +270,8 @@ def render_md(report):
   lines = ["# seqjax benchmark suite", "",
            f"{report['device']}, jax {report['jax_version']}, {report['date']}; budget "
            f"{report['budget_s']:g} s{', tiny sizes' if report['tiny'] else ''}; "
-           f"`{report['command']}`", "",
+           f"`{report['command']}`" + (f"; malloc: {report['malloc']}" if "malloc" in report
+                                        else ""), "",
            "Ratios are within one section's process: a row's `ratio` is its time / the first row's "
            "time of its config.", "",
            "| section | status | seconds | rows |", "|---|---|---|---|"]
@@ -316,7 +323,8 @@ def main(budget_s, sections, report_dir=None, tiny=False):
   """The whole `--suite` command; bad arguments raise RunError before anything runs."""
   start = time.monotonic()
   sections = check_args(budget_s, sections, report_dir)
-  header = probe(min(budget_s, 120))
+  from . import allocator
+  header = {**probe(min(budget_s, 120)), "malloc": allocator.describe()}
   if report_dir is None:
     report_dir = default_report_dir(header["backend"])
     _check_writable(report_dir)
