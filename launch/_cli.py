@@ -9,8 +9,8 @@ from . import allocator
 
 MALLOC = flags.DEFINE_enum(
     "malloc", "keep", list(allocator.MODES), "keep: glibc's malloc keeps the memory freed "
-    "(no mmap, no trim: on CPU, XLA's and torch's per-step buffers then fault no new pages; "
-    "resident memory stays at its peak); system: the C library's default "
+    "(no mmap, no trim, one arena: on CPU, XLA's and torch's per-step buffers then fault no "
+    "new pages; resident memory stays at its peak); system: the C library's default "
     "(launch/allocator.py).")
 
 
@@ -30,10 +30,21 @@ def start(main, module) -> None:
       flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   if not sys.modules["__main__"].__doc__:
     sys.modules["__main__"].__doc__ = module.__doc__
-  app.run(lambda argv: main(_with_allocator(argv)))
+  app.run(lambda argv: _with_allocator(main, argv))
 
 
-def _with_allocator(argv):
+def _with_allocator(main, argv):
+  """main(argv) after --malloc; with the memory kept, under the after-the-loop backward layout.
+
+  seqjax's layout rule keeps the weight gradients in the loop at large CPU batches because there
+  glibc's default maps the [T, B, K] buffers of the other layout afresh at every step. With the
+  memory kept that cost is gone and after the loop is faster at every grid point where the rule
+  picks the loop (lstm B=100 T=1000 H=128: 777 against 969 ms; BUILD_NOTES.md, "The
+  allocator"). On GPU the rule already says after the loop."""
   if MALLOC.value == "keep":
     allocator.keep_freed_memory()
-  return argv
+  if not allocator.kept():
+    return main(argv)
+  from seqjax import _fused
+  with _fused.forced_layout("after"):
+    return main(argv)

@@ -6,7 +6,9 @@ On CPU, XLA allocates a step's temporary buffers at every call and frees them at
 does the same with its own). glibc serves a large block with a fresh mmap (its threshold starts at
 128 KiB and follows the largest block freed, up to 32 MiB) and gives the heap's free top back to
 the kernel past a trim threshold, so each call touches new pages: one page fault per 4 KiB, every
-step, and how many depends on the allocation history of the process. Measured on the 2-core CPU
+step, and how many depends on the allocation history of the process. A thread's own arena
+(glibc gives threads theirs, in heaps of at most 64 MiB) maps larger blocks whatever the
+threshold, so all threads share the main one. Measured on the 2-core CPU
 (BUILD_NOTES.md, "The allocator"): seqjax's lstm train step at B=100 T=100 F=2 H=64 38.6 -> 25.4
 ms, flax's 40.5 -> 26.4 ms; torch's LSTM at B=100 T=1000 F=2 H=128 1,205 -> 575 ms.
 
@@ -15,23 +17,25 @@ peak (a training process's peak is its size anyway).
 """
 
 import ctypes
-import ctypes.util
+import os
 import platform
 
 # mallopt's parameters (glibc's malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 MODES = ("keep", "system")
 _mode = "system"
 
 
 def keep_freed_memory() -> str:
-  """Every block from glibc's heap (no mmap: M_MMAP_MAX 0) and the heap never trimmed
-  (M_TRIM_THRESHOLD -1: the largest size), for the rest of the process. Returns `describe()`.
-  A no-op where the C library is not glibc (macOS, musl): their allocators have no such knobs."""
+  """Every block from glibc's main heap (no mmap: M_MMAP_MAX 0; one arena: M_ARENA_MAX 1) and
+  the heap never trimmed (M_TRIM_THRESHOLD -1: the largest size), for the rest of the process.
+  Call it before other threads start: a thread's own arena (glibc gives threads their own, in
+  mapped heaps of at most 64 MiB) still maps larger blocks afresh. Returns `describe()`. A no-op
+  where the C library is not glibc (macOS, musl): their allocators have no such knobs."""
   global _mode
   libc = _glibc()
-  if libc is not None and libc.mallopt(M_MMAP_MAX, 0) == 1 \
-      and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1:
+  if libc is not None and all(libc.mallopt(param, value) == 1 for param, value in
+                              ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))):
     _mode = "keep"
   return describe()
 
@@ -44,14 +48,19 @@ def kept() -> bool:
 def describe() -> str:
   """The allocator's state as benchmark reports record it."""
   if kept():
-    return "glibc, freed memory kept (M_MMAP_MAX 0, M_TRIM_THRESHOLD -1)"
+    return "glibc, freed memory kept (M_MMAP_MAX 0, M_TRIM_THRESHOLD -1, M_ARENA_MAX 1)"
+  if os.environ.get("LD_PRELOAD"):
+    return f"LD_PRELOAD={os.environ['LD_PRELOAD']}: left as it is"
   return "the C library's default" if _glibc() is not None else "not glibc: the system's default"
 
 
 def _glibc():
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+  """The process's C library if it is glibc's malloc that serves it; None where another
+  allocator may be preloaded (LD_PRELOAD: tcmalloc, jemalloc, ... would ignore mallopt)."""
+  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" \
+      or os.environ.get("LD_PRELOAD"):
     return None
   try:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    return ctypes.CDLL(None)  # the symbols the process already has
   except OSError:
     return None

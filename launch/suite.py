@@ -209,13 +209,14 @@ assert tuple(SECTION_FNS) == SECTIONS
 
 def child_main(argv):
   """`python -m launch.suite NAME OUT_JSON [--tiny] [--malloc=keep]`: one section, its rows to
-  OUT_JSON; --malloc=keep: the driver's allocator setting (launch/allocator.py)."""
+  OUT_JSON; --malloc=keep: the driver's allocator setting (launch/allocator.py), which the
+  report's header records."""
   from . import allocator
   name, out = argv[0], argv[1]
   if "--malloc=keep" in argv[2:]:
     allocator.keep_freed_memory()
   rec = Recorder(out)
-  rec.data["header"] = {**device_header(), "malloc": allocator.describe()}
+  rec.data["header"] = device_header()
   rec.add()
   return SECTION_FNS[name](rec, TINY if "--tiny" in argv[2:] else FULL)
 

@@ -103,6 +103,11 @@ def forced_layout(layout: str):
     _forced = saved
 
 
+def forced() -> str | None:
+  """The layout `forced_layout` imposes now, or None (the rule decides)."""
+  return _forced
+
+
 def backward_layout(backend: str, batch: int, width: int, in_loop_on=None) -> str:
   """The backward loop's layout for a cell whose h·W_h is `width` (K) wide per sequence
   (lstm 4H, gru 3H, rwa 2H, rnn H), run over `batch` sequences (the product of the batch dims)

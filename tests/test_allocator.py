@@ -12,18 +12,21 @@ from absl import flags
 from absl.testing import flagsaver
 
 from launch import _cli, allocator, suite
+from seqjax import _fused
 
 if not flags.FLAGS.is_parsed():
   flags.FLAGS(["launch.main"])
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+# mallinfo2, which the probe reads, is glibc >= 2.33's
+MALLINFO2 = GLIBC and tuple(map(int, platform.libc_ver()[1].split(".")[:2])) >= (2, 33)
 
 # In a fresh process (the test process's allocator stays as it is): malloc and free 64 MiB, more
 # than glibc's largest mmap threshold (32 MiB), before and after keep_freed_memory, reading
 # mallinfo2's hblkhd (bytes in mmapped blocks) and fordblks (free bytes kept in the heap).
 PROBE = """
-import ctypes, json
+import ctypes, json, threading
 from launch import allocator
 libc = ctypes.CDLL("libc.so.6")
 class Info(ctypes.Structure):
@@ -32,51 +35,76 @@ class Info(ctypes.Structure):
 libc.mallinfo2.restype = Info
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
-def cycle():
-  p = libc.malloc(64 << 20)
-  ctypes.memset(p, 1, 64 << 20)
+def cycle(mib):
+  p = libc.malloc(mib << 20)
+  ctypes.memset(p, 1, mib << 20)
   mapped = libc.mallinfo2().hblkhd
   libc.free(p)
   return {"mapped": mapped, "free_kept": libc.mallinfo2().fordblks}
-before = cycle()
-described = allocator.keep_freed_memory()
-print(json.dumps({"before": before, "after": cycle(), "described": described,
-                  "kept": allocator.kept()}))
+def in_thread(mib):
+  out = {}
+  t = threading.Thread(target=lambda: out.update(cycle(mib)))
+  t.start(); t.join()
+  return out
+before = cycle(64)
+described = allocator.keep_freed_memory() if KEEP else None
+# 100 MiB from a new thread: more than a thread arena's heap (64 MiB) holds
+print(json.dumps({"before": before, "after": cycle(64), "thread": in_thread(100),
+                  "described": described, "kept": allocator.kept()}))
 """
-# The same knobs for a script of your own (README, Speed): glibc reads them at start.
-ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+# The same knobs for a script of your own (docs/training.md): glibc reads them at start.
+ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4294967296", "MALLOC_ARENA_MAX": "1"}
+MiB = 1 << 20
 
 
-def _probe(env=None):
-  out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60, env=None if env is None else {**os.environ, **env})
+def _probe(env=None, keep=True):
+  # glibc's defaults unless `env`: whatever malloc settings this process was started with removed
+  clean = {k: v for k, v in os.environ.items()
+           if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
+  out = subprocess.run([sys.executable, "-c", f"KEEP = {keep}\n" + PROBE], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60, env={**clean, **(env or {})})
   assert out.returncode == 0, out.stderr[-2000:]
   return json.loads(out.stdout)
 
 
-@pytest.mark.skipif(not GLIBC, reason="the knobs are glibc's")
+@pytest.mark.skipif(not MALLINFO2, reason="the knobs are glibc's (mallinfo2: >= 2.33)")
 def test_keep_serves_large_blocks_from_the_heap_and_keeps_them():
   got = _probe()
-  assert got["before"]["mapped"] >= 64 << 20  # glibc's default: its own mapping
-  assert got["before"]["free_kept"] < 64 << 20  # ... unmapped at free
-  assert got["after"]["mapped"] < 64 << 20  # kept: from the heap
-  assert got["after"]["free_kept"] >= 64 << 20  # ... and still there after free
+  assert got["before"]["mapped"] >= 64 * MiB  # glibc's default: its own mapping
+  assert got["before"]["free_kept"] < 64 * MiB  # ... unmapped at free
+  assert got["after"]["mapped"] < 64 * MiB  # kept: from the heap
+  assert got["after"]["free_kept"] >= 64 * MiB  # ... and still there after free
+  assert got["thread"]["mapped"] < 100 * MiB  # a new thread's too (one arena)
+  assert got["thread"]["free_kept"] >= 100 * MiB
   assert got["kept"] and got["described"].startswith("glibc, freed memory kept")
 
 
-@pytest.mark.skipif(not GLIBC, reason="the knobs are glibc's")
+@pytest.mark.skipif(not MALLINFO2, reason="the knobs are glibc's (mallinfo2: >= 2.33)")
+def test_without_keep_a_threads_large_block_is_mapped():
+  assert _probe(keep=False)["thread"]["mapped"] >= 100 * MiB
+
+
+@pytest.mark.skipif(not MALLINFO2, reason="the knobs are glibc's (mallinfo2: >= 2.33)")
 def test_the_environment_variables_do_the_same_from_the_start():
-  got = _probe(ENV)["before"]  # before keep_freed_memory: the variables alone
-  assert got["mapped"] < 64 << 20 and got["free_kept"] >= 64 << 20
+  got = _probe(ENV, keep=False)  # the variables alone
+  assert got["before"]["mapped"] < 64 * MiB and got["before"]["free_kept"] >= 64 * MiB
+  assert got["thread"]["mapped"] < 100 * MiB and got["thread"]["free_kept"] >= 100 * MiB
 
 
-@pytest.mark.parametrize("mode,calls", [("keep", 1), ("system", 0)])
-def test_the_launchers_apply_the_malloc_flag_before_main(monkeypatch, mode, calls):
+@pytest.mark.parametrize("mode", ["keep", "system"])
+def test_the_launchers_apply_the_malloc_flag_before_main(monkeypatch, mode):
+  """--malloc=keep: the allocator set, then main under the after-the-loop backward layout;
+  --malloc=system: neither."""
   seen = []
-  monkeypatch.setattr(allocator, "keep_freed_memory", lambda: seen.append("kept"))
+  monkeypatch.setattr(allocator, "_mode", "system")
+  monkeypatch.setattr(allocator, "keep_freed_memory",
+                      lambda: (seen.append("kept"), setattr(allocator, "_mode", "keep")))
+  monkeypatch.setattr(_cli.app, "run", lambda main: main(["prog"]))  # flags already parsed
   with flagsaver.flagsaver(malloc=mode):
-    assert _cli._with_allocator(["prog"]) == ["prog"]
-  assert len(seen) == calls
+    _cli.start(lambda argv: seen.append(("main", argv, _fused.forced())), sys.modules[__name__])
+  assert seen == ([("kept"), ("main", ["prog"], "after")] if mode == "keep"
+                  else [("main", ["prog"], None)])
+  assert _fused.forced() is None  # restored after main
 
 
 @pytest.mark.parametrize("kept", [True, False])

@@ -36,8 +36,12 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
       assert r["ratio"] == 1.0
   assert report["versions"]["backend"] == "cpu" and "launch.benchmark" in report["command"]
   # --malloc=keep, the launchers' default, reached the process that timed the rows
-  assert report["versions"]["malloc"].startswith("glibc, freed memory kept") or \
-      report["versions"]["malloc"].startswith("not glibc")
+  from launch import allocator
+  assert report["versions"]["malloc"] == (
+      "glibc, freed memory kept (M_MMAP_MAX 0, M_TRIM_THRESHOLD -1, M_ARENA_MAX 1)"
+      if allocator._glibc() is not None else allocator.describe())
+  assert report["versions"]["backward_layout"] == (
+      "after" if allocator._glibc() is not None else "backward_layout's rule")
   memory = {m["T"]: m for m in report["memory"]}
   assert memory[1024]["remat"] < memory[1024]["plain"]
   assert "seqjax gru" in out.stdout and "anchor/seqjax" in out.stdout
