@@ -34,17 +34,8 @@ def start(main, module) -> None:
 
 
 def _with_allocator(main, argv):
-  """main(argv) after --malloc; with the memory kept, under the after-the-loop backward layout.
-
-  seqjax's layout rule keeps the weight gradients in the loop at large CPU batches because there
-  glibc's default maps the [T, B, K] buffers of the other layout afresh at every step. With the
-  memory kept that cost is gone and after the loop is faster at every grid point where the rule
-  picks the loop (lstm B=100 T=1000 H=128: 777 against 969 ms; BUILD_NOTES.md, "The
-  allocator"). On GPU the rule already says after the loop."""
+  """main(argv) after --malloc, under `allocator.matching_layout()`."""
   if MALLOC.value == "keep":
     allocator.keep_freed_memory()
-  if not allocator.kept():
-    return main(argv)
-  from seqjax import _fused
-  with _fused.forced_layout("after"):
+  with allocator.matching_layout():
     return main(argv)

@@ -16,6 +16,7 @@ Kept memory is not returned to the system while the process runs: its resident s
 peak (a training process's peak is its size anyway).
 """
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -38,6 +39,21 @@ def keep_freed_memory() -> str:
                               ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))):
     _mode = "keep"
   return describe()
+
+
+def matching_layout():
+  """A context for the process's jitted steps: with the memory kept, the hand-written backward's
+  weight gradients after the loop (`seqjax._fused.forced_layout("after")`); else the library's
+  rule (a null context).
+
+  The rule keeps them in the loop at large CPU batches because there glibc's default maps the
+  other layout's [T, B, K] buffers afresh at every step; with the memory kept after the loop is
+  faster at every grid point (lstm B=100 T=1000 H=128: in the loop 1.23x slower, medians of 3
+  runs; BUILD_NOTES.md, "The grid with the memory kept"). On GPU the rule says after anyway."""
+  if not kept():
+    return contextlib.nullcontext()
+  from seqjax import _fused
+  return _fused.forced_layout("after")
 
 
 def kept() -> bool:

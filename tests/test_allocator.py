@@ -112,3 +112,19 @@ def test_suite_sections_inherit_the_drivers_allocator(monkeypatch, kept):
   monkeypatch.setattr(allocator, "_mode", "keep" if kept else "system")
   argv = suite.section_command("grid", "out.json", tiny=True)
   assert ("--malloc=keep" in argv) == kept and argv[-2 if kept else -1] == "--tiny"
+
+
+@pytest.mark.parametrize("section,kept,layout", [("grid", True, "after"), ("grid", False, None),
+                                                 ("tests", True, None)])
+def test_suite_sections_measure_under_the_launchers_layout(monkeypatch, tmp_path, section, kept,
+                                                           layout):
+  """A measuring section runs under the layout the launcher runs with; the tests section under
+  the library's own rule (it checks that rule)."""
+  seen = []
+  monkeypatch.setattr(allocator, "_mode", "system")
+  monkeypatch.setattr(allocator, "keep_freed_memory", lambda: setattr(allocator, "_mode", "keep"))
+  monkeypatch.setitem(suite.SECTION_FNS, section,
+                      lambda rec, sizes: seen.append(_fused.forced()) or 0)
+  argv = [section, str(tmp_path / "out.json"), "--tiny"] + (["--malloc=keep"] if kept else [])
+  assert suite.child_main(argv) == 0
+  assert seen == [layout] and _fused.forced() is None
