@@ -24,7 +24,7 @@ import platform
 # mallopt's parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 MODES = ("keep", "system")
-_mode = "system"
+_kept = False  # whether keep_freed_memory took effect (glibc has no getter)
 
 
 def keep_freed_memory() -> str:
@@ -33,11 +33,11 @@ def keep_freed_memory() -> str:
   Call it before other threads start: a thread's own arena (glibc gives threads their own, in
   mapped heaps of at most 64 MiB) still maps larger blocks afresh. Returns `describe()`. A no-op
   where the C library is not glibc (macOS, musl): their allocators have no such knobs."""
-  global _mode
+  global _kept
   libc = _glibc()
-  if libc is not None and all(libc.mallopt(param, value) == 1 for param, value in
-                              ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1))):
-    _mode = "keep"
+  _kept = _kept or libc is not None and all(
+      libc.mallopt(param, value) == 1
+      for param, value in ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1), (M_ARENA_MAX, 1)))
   return describe()
 
 
@@ -58,7 +58,7 @@ def matching_layout():
 
 def kept() -> bool:
   """Whether `keep_freed_memory` took effect in this process."""
-  return _mode == "keep"
+  return _kept
 
 
 def describe() -> str:

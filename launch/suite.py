@@ -10,6 +10,7 @@ and DIR/report.md atomically, so a suite killed part-way keeps every finished se
 is within one section's process (seqjax and its anchors timed interleaved).
 """
 
+import contextlib
 import datetime
 import json
 import os
@@ -218,11 +219,9 @@ def child_main(argv):
   rec = Recorder(out)
   rec.data["header"] = device_header()
   rec.add()
-  sizes = TINY if "--tiny" in argv[2:] else FULL
-  if name == "tests":  # the tests check the library's own rule
-    return SECTION_FNS[name](rec, sizes)
-  with allocator.matching_layout():  # what the launcher's programs run
-    return SECTION_FNS[name](rec, sizes)
+  # the measuring sections under the launcher's layout; the tests check the library's own rule
+  with contextlib.nullcontext() if name == "tests" else allocator.matching_layout():
+    return SECTION_FNS[name](rec, TINY if "--tiny" in argv[2:] else FULL)
 
 
 # ---- the driver ----

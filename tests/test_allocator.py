@@ -61,8 +61,8 @@ def _probe(env=None, keep=True):
   # glibc's defaults unless `env`: whatever malloc settings this process was started with removed
   clean = {k: v for k, v in os.environ.items()
            if not k.startswith("MALLOC_") and k not in ("GLIBC_TUNABLES", "LD_PRELOAD")}
-  out = subprocess.run([sys.executable, "-c", f"KEEP = {keep}\n" + PROBE], cwd=ROOT, capture_output=True, text=True,
-                       timeout=60, env={**clean, **(env or {})})
+  out = subprocess.run([sys.executable, "-c", f"KEEP = {keep}\n" + PROBE], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
   assert out.returncode == 0, out.stderr[-2000:]
   return json.loads(out.stdout)
 
@@ -96,9 +96,9 @@ def test_the_launchers_apply_the_malloc_flag_before_main(monkeypatch, mode):
   """--malloc=keep: the allocator set, then main under the after-the-loop backward layout;
   --malloc=system: neither."""
   seen = []
-  monkeypatch.setattr(allocator, "_mode", "system")
+  monkeypatch.setattr(allocator, "_kept", False)
   monkeypatch.setattr(allocator, "keep_freed_memory",
-                      lambda: (seen.append("kept"), setattr(allocator, "_mode", "keep")))
+                      lambda: (seen.append("kept"), setattr(allocator, "_kept", True)))
   monkeypatch.setattr(_cli.app, "run", lambda main: main(["prog"]))  # flags already parsed
   with flagsaver.flagsaver(malloc=mode):
     _cli.start(lambda argv: seen.append(("main", argv, _fused.forced())), sys.modules[__name__])
@@ -109,7 +109,7 @@ def test_the_launchers_apply_the_malloc_flag_before_main(monkeypatch, mode):
 
 @pytest.mark.parametrize("kept", [True, False])
 def test_suite_sections_inherit_the_drivers_allocator(monkeypatch, kept):
-  monkeypatch.setattr(allocator, "_mode", "keep" if kept else "system")
+  monkeypatch.setattr(allocator, "_kept", kept)
   argv = suite.section_command("grid", "out.json", tiny=True)
   assert ("--malloc=keep" in argv) == kept and argv[-2 if kept else -1] == "--tiny"
 
@@ -121,8 +121,8 @@ def test_suite_sections_measure_under_the_launchers_layout(monkeypatch, tmp_path
   """A measuring section runs under the layout the launcher runs with; the tests section under
   the library's own rule (it checks that rule)."""
   seen = []
-  monkeypatch.setattr(allocator, "_mode", "system")
-  monkeypatch.setattr(allocator, "keep_freed_memory", lambda: setattr(allocator, "_mode", "keep"))
+  monkeypatch.setattr(allocator, "_kept", False)
+  monkeypatch.setattr(allocator, "keep_freed_memory", lambda: setattr(allocator, "_kept", True))
   monkeypatch.setitem(suite.SECTION_FNS, section,
                       lambda rec, sizes: seen.append(_fused.forced()) or 0)
   argv = [section, str(tmp_path / "out.json"), "--tiny"] + (["--malloc=keep"] if kept else [])
