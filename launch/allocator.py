@@ -42,9 +42,9 @@ def keep_freed_memory() -> str:
 
 
 def matching_layout():
-  """A context for the process's jitted steps: with the memory kept, the hand-written backward's
-  weight gradients after the loop (`seqjax._fused.forced_layout("after")`); else the library's
-  rule (a null context).
+  """A context for the process's jitted steps: with the memory kept, the library's layout rule
+  told so (`seqjax._fused.freed_memory_kept()`: the hand-written backward's weight gradients
+  after the loop up to its memory cap); else the rule as it is (a null context).
 
   The rule keeps them in the loop at large CPU batches because there glibc's default maps the
   other layout's [T, B, K] buffers afresh at every step; with the memory kept after the loop is
@@ -53,7 +53,7 @@ def matching_layout():
   if not kept():
     return contextlib.nullcontext()
   from seqjax import _fused
-  return _fused.forced_layout("after")
+  return _fused.freed_memory_kept()
 
 
 def kept() -> bool:

@@ -209,8 +209,11 @@ def contenders(name, B, T, F, H, *, unrolls, num_layers=(1,), dtypes=("float32",
   box, out, notes = {}, [], []
   versions = {"jax": jax.__version__, "device": str(jax.devices()[0]),
               "backend": jax.default_backend(), "malloc": allocator.describe(),
-              # the default row's backward layout: the library's rule, or what the launcher forced
-              "backward_layout": _fused.forced() or "backward_layout's rule"}
+              # the default row's backward layout: the library's rule, told or not that the
+              # allocator keeps freed memory, or a layout forced
+              "backward_layout": _fused.forced() or (
+                  "backward_layout's rule, freed memory kept" if _fused.memory_kept()
+                  else "backward_layout's rule")}
 
   def get(cell_name, layers, dtype):
     return cells.get(cell_name, hidden_size=H, num_layers=layers,

@@ -10,10 +10,11 @@ the first; the weight gradients are taken after the loop from all steps at once,
 and, for wide inputs, dW_x, the biases and dxs the same way (narrow inputs recompute x·W_x per
 step and accumulate their small gradients in the loop). The step's own derivative is jax.vjp of
 `update`, or the cell's `UpdateBackward` where autodiff of it loses precision (the RWA). On CPU
-at large batches (`backward_layout`: B >= 64 and a per-step [B, K] of 2^15 floats or more) the
+at large batches (`backward_layout`: B >= 64 and a per-step [B, K] of 2^15 floats or more,
+unless the host's allocator keeps freed memory) and past a memory cap (T·B·K > 2^27 floats) the
 backward loop instead keeps only the state, recomputes h·W_h and accumulates the hidden-side
-weight gradient in the loop: there the [T, B, K] buffers cost more memory traffic than the
-per-step product they save. Same
+weight gradient in the loop: there the [T, B, K] buffers cost more page faults or memory than
+the per-step product they save. Same
 numbers as autodiff up to the order of float additions — tested against jax.grad of the
 per-step loop in float64.
 """
@@ -77,15 +78,25 @@ def _rows(tree):
 # Backends on which `backward_layout` may keep the weight gradients in the backward loop; on the
 # others (GPU, TPU) they are always taken after it. () forces "after" everywhere.
 IN_LOOP_ON = ("cpu",)
-# CPU, measured on a quiet 2-core machine (BUILD_NOTES.md, "The backward layout, re-measured"):
+# CPU with glibc's default allocator, which maps the after-the-loop layout's large buffers afresh
+# at every call (page faults); measured on a quiet 2-core machine (BUILD_NOTES.md, "The backward
+# layout, re-measured"):
 # 80 shapes, 5 cells x B in {8, 32, 64, 128} x H in {32, 64, 128, 256}, T = 100, two runs.
 # The in-loop layout won only where the per-step [B, K] buffers of the after-the-loop layout
 # are large, B * K >= 2**15 floats (128 KiB) at B >= 64: after / in loop 1.01-1.41 there in
 # one run, 0.89-1.31 in the other; mostly below 1 everywhere else (B = 8: 0.55-0.96 at
 # H >= 64). Below B = 64 a wide K does not tip it (lstm B=32 H=256, B*K = 2**15: 0.85, 0.76).
+# With the freed memory kept (`freed_memory_kept`) after the loop wins at every grid point.
 IN_LOOP_FROM_BATCH, IN_LOOP_FROM_BUFFER = 64, 2 ** 15
+# A memory cap, not a speed rule: past T·B·K = 2^27 floats (512 MiB a buffer in float32, two
+# buffers) the after-the-loop layout's [T, B, K] buffers cost more memory than the speed they buy
+# is worth (the lstm's train step at B=100 H=250 T=10000: XLA's temporaries 12.0 GB after the
+# loop, 4.0 GB in it), so the loop keeps the weight gradients, at 1.01-1.58x the time
+# (BUILD_NOTES.md, "The grid with the memory kept").
+AFTER_MAX_BUFFER = 2 ** 27
 LAYOUTS = ("after", "in_loop")
 _forced = None  # the layout `forced_layout` imposes, or None: the rule
+_memory_kept = False  # inside `freed_memory_kept`
 
 
 @contextlib.contextmanager
@@ -103,26 +114,52 @@ def forced_layout(layout: str):
     _forced = saved
 
 
+@contextlib.contextmanager
+def freed_memory_kept():
+  """Inside, `backward_layout` knows what it cannot see: that the host's allocator keeps the
+  memory a step frees (glibc told so by mallopt or by MALLOC_MMAP_MAX_=0
+  MALLOC_TRIM_THRESHOLD_=... MALLOC_ARENA_MAX=1; the launcher's --malloc=keep). Then the
+  after-the-loop layout's buffers fault no new pages at each call, and the rule takes it at
+  every batch up to the memory cap (AFTER_MAX_BUFFER). jit traces at a function's first call:
+  make that call inside."""
+  global _memory_kept
+  saved, _memory_kept = _memory_kept, True
+  try:
+    yield
+  finally:
+    _memory_kept = saved
+
+
 def forced() -> str | None:
   """The layout `forced_layout` imposes now, or None (the rule decides)."""
   return _forced
 
 
-def backward_layout(backend: str, batch: int, width: int, in_loop_on=None) -> str:
+def memory_kept() -> bool:
+  """Whether the rule runs inside `freed_memory_kept` now."""
+  return _memory_kept
+
+
+def backward_layout(backend: str, batch: int, width: int, length: int, in_loop_on=None) -> str:
   """The backward loop's layout for a cell whose h·W_h is `width` (K) wide per sequence
   (lstm 4H, gru 3H, rwa 2H, rnn H), run over `batch` sequences (the product of the batch dims)
-  on `backend` ("cpu", "gpu", "tpu"):
+  for `length` (T) steps on `backend` ("cpu", "gpu", "tpu"):
 
   "after": keep h·W_h per step and take the hidden-side weight gradient after the loop, one
     [H, T·B] x [T·B, K] product; "in_loop": keep only the state, recompute h·W_h and accumulate
     h_{t-1}ᵀ·dpre_t in the loop (as autodiff does) — no [T, B, K] buffers written and read.
-  in_loop_on: the backends where "in_loop" may be chosen (default `IN_LOOP_ON`, read now).
+  On the backends of `in_loop_on` (default `IN_LOOP_ON`, read now): in the loop past the memory
+  cap (T·B·K > AFTER_MAX_BUFFER), and at large batches (B >= IN_LOOP_FROM_BATCH and
+  B·K >= IN_LOOP_FROM_BUFFER) unless inside `freed_memory_kept`; after it everywhere else.
   Inside `forced_layout`, its layout.
   """
   if _forced is not None:
     return _forced
-  in_loop_on = IN_LOOP_ON if in_loop_on is None else in_loop_on
-  if (backend in in_loop_on and batch >= IN_LOOP_FROM_BATCH
+  if backend not in (IN_LOOP_ON if in_loop_on is None else in_loop_on):
+    return "after"
+  if length * batch * width > AFTER_MAX_BUFFER:
+    return "in_loop"
+  if (not _memory_kept and batch >= IN_LOOP_FROM_BATCH
       and batch * width >= IN_LOOP_FROM_BUFFER):
     return "in_loop"
   return "after"
@@ -139,7 +176,7 @@ def fused_run(parts):
   def run(params, xs_T, state0, active_T, unroll, resets=None):
     batch = math.prod(xs_T.shape[1:-1])
     layout = backward_layout(jax.default_backend(), batch,
-                             projection_width(parts, params, state0.h))
+                             projection_width(parts, params, state0.h), xs_T.shape[0])
     scan_fn = make_fused_scan(parts, unroll, store_input_projection=xs_T.shape[-1] > NARROW_INPUT,
                               weights_in_loop=layout == "in_loop")
     at_T, reset_state = (None, None) if resets is None else resets

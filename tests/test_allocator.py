@@ -93,18 +93,19 @@ def test_the_environment_variables_do_the_same_from_the_start():
 
 @pytest.mark.parametrize("mode", ["keep", "system"])
 def test_the_launchers_apply_the_malloc_flag_before_main(monkeypatch, mode):
-  """--malloc=keep: the allocator set, then main under the after-the-loop backward layout;
-  --malloc=system: neither."""
+  """--malloc=keep: the allocator set, then main with the layout rule told the freed memory is
+  kept; --malloc=system: neither."""
   seen = []
   monkeypatch.setattr(allocator, "_kept", False)
   monkeypatch.setattr(allocator, "keep_freed_memory",
                       lambda: (seen.append("kept"), setattr(allocator, "_kept", True)))
   monkeypatch.setattr(_cli.app, "run", lambda main: main(["prog"]))  # flags already parsed
   with flagsaver.flagsaver(malloc=mode):
-    _cli.start(lambda argv: seen.append(("main", argv, _fused.forced())), sys.modules[__name__])
-  assert seen == ([("kept"), ("main", ["prog"], "after")] if mode == "keep"
-                  else [("main", ["prog"], None)])
-  assert _fused.forced() is None  # restored after main
+    _cli.start(lambda argv: seen.append(("main", argv, _fused.memory_kept(), _fused.forced())),
+               sys.modules[__name__])
+  assert seen == ([("kept"), ("main", ["prog"], True, None)] if mode == "keep"
+                  else [("main", ["prog"], False, None)])
+  assert not _fused.memory_kept()  # restored after main
 
 
 @pytest.mark.parametrize("kept", [True, False])
@@ -114,17 +115,17 @@ def test_suite_sections_inherit_the_drivers_allocator(monkeypatch, kept):
   assert ("--malloc=keep" in argv) == kept and argv[-2 if kept else -1] == "--tiny"
 
 
-@pytest.mark.parametrize("section,kept,layout", [("grid", True, "after"), ("grid", False, None),
-                                                 ("tests", True, None)])
+@pytest.mark.parametrize("section,kept,told", [("grid", True, True), ("grid", False, False),
+                                               ("tests", True, False)])
 def test_suite_sections_measure_under_the_launchers_layout(monkeypatch, tmp_path, section, kept,
-                                                           layout):
+                                                           told):
   """A measuring section runs under the layout the launcher runs with; the tests section under
   the library's own rule (it checks that rule)."""
   seen = []
   monkeypatch.setattr(allocator, "_kept", False)
   monkeypatch.setattr(allocator, "keep_freed_memory", lambda: setattr(allocator, "_kept", True))
   monkeypatch.setitem(suite.SECTION_FNS, section,
-                      lambda rec, sizes: seen.append(_fused.forced()) or 0)
+                      lambda rec, sizes: seen.append(_fused.memory_kept()) or 0)
   argv = [section, str(tmp_path / "out.json"), "--tiny"] + (["--malloc=keep"] if kept else [])
   assert suite.child_main(argv) == 0
-  assert seen == [layout] and _fused.forced() is None
+  assert seen == [told] and not _fused.memory_kept()

@@ -41,7 +41,8 @@ def test_benchmark_reports_rows_ratios_and_memory(tmp_path):
       "glibc, freed memory kept (M_MMAP_MAX 0, M_TRIM_THRESHOLD -1, M_ARENA_MAX 1)"
       if allocator._glibc() is not None else allocator.describe())
   assert report["versions"]["backward_layout"] == (
-      "after" if allocator._glibc() is not None else "backward_layout's rule")
+      "backward_layout's rule, freed memory kept" if allocator._glibc() is not None
+      else "backward_layout's rule")
   memory = {m["T"]: m for m in report["memory"]}
   assert memory[1024]["remat"] < memory[1024]["plain"]
   assert "seqjax gru" in out.stdout and "anchor/seqjax" in out.stdout
@@ -236,11 +237,11 @@ def test_a_forced_layout_reaches_the_traced_step_and_the_rule_comes_back(monkeyp
   from launch import bench_lib
   from seqjax import _fused
   rule, backend = _fused.backward_layout, jax.default_backend()
-  before = (rule(backend, 1, 8), rule(backend, 128, 512))
+  before = (rule(backend, 1, 8, 10), rule(backend, 128, 512, 10))
   for layout in ("after", "in_loop"):
-    with _fused.forced_layout(layout):
-      assert rule(backend, 1, 8) == rule(backend, 128, 512) == layout
-  assert (rule(backend, 1, 8), rule(backend, 128, 512)) == before
+    with _fused.forced_layout(layout), _fused.freed_memory_kept():
+      assert rule(backend, 1, 8, 10) == rule(backend, 128, 512, 10**6) == layout
+  assert (rule(backend, 1, 8, 10), rule(backend, 128, 512, 10)) == before
   with pytest.raises(ValueError, match="layout must be one of after, in_loop, got 'fast'"):
     with _fused.forced_layout("fast"):
       pass

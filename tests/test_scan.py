@@ -159,32 +159,47 @@ def test_inference_is_the_autodiff_cells_program(name):
 
 
 def test_backward_layout_rule():
-  """In the loop only on the backends of IN_LOOP_ON, from the batch and the per-step buffer size
-  measured on CPU; the after-the-loop products everywhere else (GPU, TPU: unchanged)."""
-  rule = _fused.backward_layout
+  """In the loop only on the backends of IN_LOOP_ON: from the batch and the per-step buffer size
+  measured on CPU with glibc's default allocator, and past the memory cap; told the freed memory
+  is kept, only past the cap. The after-the-loop products everywhere else (GPU, TPU: unchanged)."""
+  rule, T = _fused.backward_layout, 100
   B, K = _fused.IN_LOOP_FROM_BATCH, _fused.IN_LOOP_FROM_BUFFER // _fused.IN_LOOP_FROM_BATCH
-  assert rule("cpu", B, K) == rule("cpu", 128, 4 * 64) == rule("cpu", 100, 4 * 128) == "in_loop"
-  assert rule("cpu", B - 1, 4 * K) == rule("cpu", B, K - 1) == rule("cpu", 1, 4 * 128) == "after"
-  assert rule("cpu", 64, 4 * 64) == rule("cpu", 16, 4 * 256) == rule("cpu", 32, 4 * 128) == "after"
+  large = [("cpu", B, K, T), ("cpu", 128, 4 * 64, T), ("cpu", 100, 4 * 128, 1000)]
+  small = [("cpu", B - 1, 4 * K, T), ("cpu", B, K - 1, T), ("cpu", 1, 4 * 128, 10000),
+           ("cpu", 64, 4 * 64, T), ("cpu", 16, 4 * 256, T), ("cpu", 32, 4 * 128, T)]
+  cap = _fused.AFTER_MAX_BUFFER  # T·B·K floats in one [T, B, K] buffer
+  capped = [("cpu", 1, 4 * 128, cap // 512 + 1), ("cpu", 32, 4 * 128, cap // (32 * 512) + 1),
+            ("cpu", 100, 4 * 250, 10000)]
+  at_cap = [("cpu", 1, 4 * 128, cap // 512), ("cpu", 32, 4 * 128, cap // (32 * 512))]
+  assert [rule(*a) for a in large + small + capped + at_cap] == (
+      ["in_loop"] * len(large) + ["after"] * len(small) + ["in_loop"] * len(capped)
+      + ["after"] * len(at_cap))
+  with _fused.freed_memory_kept():
+    assert [rule(*a) for a in large + small + capped + at_cap] == (
+        ["after"] * len(large + small) + ["in_loop"] * len(capped) + ["after"] * len(at_cap))
+    with _fused.freed_memory_kept():
+      pass
+    assert _fused.memory_kept()  # a nested context restores what it found
+  assert not _fused.memory_kept()
   for backend in ("gpu", "tpu"):
-    assert rule(backend, 128, 4 * 64) == rule(backend, 100, 4 * 128) == "after"
-  assert rule("cpu", 128, 4 * 64, in_loop_on=()) == "after"
-  assert rule("gpu", 128, 4 * 64, in_loop_on=("gpu",)) == "in_loop"
+    assert [rule(backend, *a[1:]) for a in large + capped] == ["after"] * len(large + capped)
+  assert rule("cpu", 128, 4 * 64, T, in_loop_on=()) == "after"
+  assert rule("gpu", 128, 4 * 64, T, in_loop_on=("gpu",)) == "in_loop"
 
 
 @pytest.mark.parametrize("name, gates", [("lstm", 4), ("gru", 3), ("rnn", 1), ("rwa", 2),
                                          ("rda", 3), ("lstm+rwa", None)])
 def test_the_rule_reads_each_cells_projection_width(name, gates, monkeypatch):
-  """The layout is chosen from h·W_h's width K (4H for the lstm, 3H gru, 2H rwa, H rnn) and
-  the batch; a stack chooses per layer."""
+  """The layout is chosen from h·W_h's width K (4H for the lstm, 3H gru, 2H rwa, H rnn), the
+  batch and the length; a stack chooses per layer."""
   seen = []
   rule = _fused.backward_layout
-  monkeypatch.setattr(_fused, "backward_layout",
-                      lambda backend, batch, k: seen.append((batch, k)) or rule(backend, batch, k))
+  monkeypatch.setattr(_fused, "backward_layout", lambda backend, batch, k, length: (
+      seen.append((batch, k, length)) or rule(backend, batch, k, length)))
   cell, params, xs = _problem(name, B=3, T=4, input_size=F)
   jax.grad(lambda p: jnp.sum(seqjax.scan(cell, p, xs)[1]))(params)
-  assert seen == ([(3, gates * cell.hidden_size)] if gates else
-                  [(3, 4 * cell.layers[0].hidden_size), (3, 2 * cell.layers[1].hidden_size)])
+  assert seen == ([(3, gates * cell.hidden_size, 4)] if gates else
+                  [(3, 4 * cell.layers[0].hidden_size, 4), (3, 2 * cell.layers[1].hidden_size, 4)])
 
 
 def _check_against_the_literal_loop(name, with_lengths, remat, input_size):

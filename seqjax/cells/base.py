@@ -35,7 +35,7 @@ class LoopParts(NamedTuple):
 
   `fused_step` turns it into the step and a time loop differentiated by hand: one matmul per
   step in the backward loop, the weight gradients from all steps at once after it (on CPU at
-  large batches, in the loop: `seqjax._fused.backward_layout`).
+  large batches and past a memory cap, in the loop: `seqjax._fused.backward_layout`).
   """
   project_x: Callable  # (params, x [..., F]) -> pytree of [..., K] (any leading dims)
   project_h: Callable  # (params, h [..., H]) -> pytree of [..., K], affine in h
