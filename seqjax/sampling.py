@@ -7,6 +7,7 @@ state carried, then one byte at a time drawn from softmax(logits / temperature) 
 The same (model, prime, length, temperature, seed) give the same bytes.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -48,32 +49,37 @@ def check_prime(model: Model, prime: bytes) -> None:
                    f"vocabulary ({len(model.vocabulary)} bytes seen in its corpus)")
 
 
-def _one_hot(model, tokens):
-  return jax.nn.one_hot(tokens, len(model.vocabulary), dtype=jnp.float32)
+# Jitted once per (cell, vocabulary size): a model's params are arguments, so generating again,
+# from another prime or at another temperature, reuses the compiled steps.
+@functools.partial(jax.jit, static_argnames=("cell", "vocab_size"))
+def _read(cell, vocab_size, params, tokens_T):
+  """The prime read from the initial state: (state after it, logits [V] of the next byte)."""
+  state = cell.initial_state(params["cell"], (1,))
+  xs = jax.nn.one_hot(tokens_T[None], vocab_size, dtype=jnp.float32)
+  state, logits = models.apply_from(cell, params, xs, state)
+  return state, logits[0, -1]
+
+
+@functools.partial(jax.jit, static_argnames=("cell", "vocab_size"))
+def _draw(cell, vocab_size, params, state, logits_V, key, temperature):
+  """One byte drawn from softmax(logits / temperature) and fed back: (state, next logits, token)."""
+  token = jax.random.categorical(key, logits_V / temperature)
+  x = jax.nn.one_hot(token[None], vocab_size, dtype=jnp.float32)
+  state, h = cell.step(params["cell"], state, x)
+  return state, models.readout(params, h)[0], token
 
 
 def generate(model: Model, prime: bytes, length: int, temperature: float = 1.0, seed: int = 0):
-  """Yields `length` bytes (each a bytes of length 1) following `prime`, as they are drawn."""
+  """Yields `length` bytes (each a bytes of length 1) following `prime`, as they are drawn: the
+  i-th from jax.random.fold_in(jax.random.key(seed), i)."""
   check_prime(model, prime)
   if not temperature > 0:
     raise RunError(f"--temperature={temperature}: must be a number > 0")
   tokens = np.searchsorted(model.vocabulary, np.frombuffer(prime, np.uint8))
-  cell, params = model.cell, model.params
-
-  @jax.jit
-  def read(tokens):
-    state = cell.initial_state(params["cell"], (1,))
-    state, logits = models.apply_from(cell, params, _one_hot(model, tokens[None]), state)
-    return state, logits[0, -1]
-
-  @jax.jit
-  def draw(state, logits, key):
-    token = jax.random.categorical(key, logits / temperature)
-    state, h = cell.step(params["cell"], state, _one_hot(model, token[None]))
-    return state, models.readout(params, h)[0], token
-
-  state, logits = read(jnp.asarray(tokens, jnp.int32))
+  cell, params, V = model.cell, model.params, len(model.vocabulary)
+  state, logits = _read(cell, V, params, jnp.asarray(tokens, jnp.int32))
   key = jax.random.key(seed)
   for i in range(length):
-    state, logits, token = draw(state, logits, jax.random.fold_in(key, i))
+    state, logits, token = _draw(cell, V, params, state, logits, jax.random.fold_in(key, i),
+                                 temperature)
     yield bytes([int(model.vocabulary[int(token)])])

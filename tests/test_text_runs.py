@@ -8,11 +8,12 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import serialization
 
-from seqjax import checkpoint, experiment, sampling
+from seqjax import checkpoint, experiment, models, sampling
 from seqjax.settings import RunError, Settings
 
 TIMING = ("examples_per_sec", "wall_time")
@@ -122,6 +123,28 @@ def test_sampling_is_reproducible_and_refuses_bad_input(trained):
     next(sampling.generate(model, b"a", 3, temperature=0.0))
   with pytest.raises(RunError, match="a run of the adding task; sampling needs a text run"):
     sampling.load(other, "last")
+
+
+@pytest.mark.slow
+def test_sampling_draws_from_the_models_own_next_byte_distribution_and_compiles_once(trained):
+  """The first byte is jax.random.categorical(fold_in(key(seed), 0), logits / temperature), the
+  logits those of models.apply on the one-hot prime (the scan of the whole run); generating
+  again, from another prime or temperature, reuses the compiled steps."""
+  model = sampling.load(trained[0], "best")
+  prime, V = b"abca", len(model.vocabulary)
+  tokens = np.searchsorted(model.vocabulary, np.frombuffer(prime, np.uint8))
+  logits = models.apply(model.cell, model.params,
+                        jax.nn.one_hot(tokens[None], V, dtype=jnp.float32), per_step=True)[0, -1]
+  for seed, temperature in ((0, 0.7), (5, 1.3), (9, 0.2)):
+    want = jax.random.categorical(jax.random.fold_in(jax.random.key(seed), 0),
+                                  logits / temperature)
+    got = next(sampling.generate(model, prime, 1, temperature, seed))
+    assert got == bytes([int(model.vocabulary[int(want)])])
+  compiled = sampling._draw._cache_size(), sampling._read._cache_size()
+  list(sampling.generate(model, b"bad ca", 5, 0.5, 1))
+  # the same draw step; one more read, for the new prime length
+  assert (sampling._draw._cache_size(), sampling._read._cache_size()) == (
+      compiled[0], compiled[1] + 1)
 
 
 def _sample_cli(*args):
