@@ -145,7 +145,9 @@ class Settings:
     out = dataclasses.replace(self, **fill)
     if out.seq_len is None and from_data:  # the length of its data: the task, built, knows it
       _check_task_options(out)
-      out = dataclasses.replace(out, seq_len=_make_task(out).seq_len)
+      task = _make_task(out)
+      out = dataclasses.replace(out, seq_len=task.seq_len)
+      _built_for_length[:] = [_task_key(out), task]
     return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
 
   def with_learning_rate(self, recorded: Optional[dict] = None) -> "Settings":
@@ -317,8 +319,21 @@ def _check_task_options(s: Settings) -> None:
       check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
 
 
+# The task `resolved()` built to learn a data-length task's seq_len, kept for the `validate()`
+# that follows, which takes it (so uea parses its files once per launch, not twice).
+_built_for_length = [None, None]
+
+
+def _task_key(s: Settings):
+  return s.task, s.seq_len, repr(sorted(s.task_options.items()))
+
+
 def _make_task(s: Settings) -> tasks.Task:
   """The task of `s`, a factory's complaint as a RunError."""
+  key, task = _built_for_length
+  _built_for_length[:] = [None, None]
+  if key is not None and key == _task_key(s):
+    return task
   try:
     return tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
   except tasks.OptionError as e:  # the task's own check names its option, so the flag's

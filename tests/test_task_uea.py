@@ -291,3 +291,23 @@ def test_the_launcher_runs_it_named_by_its_dataset_and_refuses_what_it_cannot_re
                      "data's longest series, 6$"):
     experiment.run(dataclasses.replace(s, seq_len=9, workdir=str(tmp_path / "r9")))
   assert not (tmp_path / "r9").exists()
+
+
+def test_a_launch_parses_the_files_once(tmp_path, monkeypatch):
+  """resolved() builds the task to learn its length; validate() takes that task rather than
+  parsing the files again, and only for the same options."""
+  from seqjax import experiment
+  from seqjax.settings import Settings, validate
+  parsed, parse = [], uea.parse_ts
+  monkeypatch.setattr(uea, "parse_ts", lambda text, where: parsed.append(where) or parse(text, where))
+  options = {"dataset": "Toy", "data_dir": write(tmp_path / "d")}
+  s = Settings(task="uea", task_options=options, model="rnn", hidden_size=2, batch_size=4,
+               num_steps=1, eval_every=1, workdir=str(tmp_path / "run"))
+  experiment.run(s, log=lambda line: None)
+  assert [os.path.basename(w) for w in parsed] == ["Toy_TRAIN.ts", "Toy_TEST.ts"]
+  resolved = s.resolved()
+  task = validate(dataclasses.replace(resolved, task_options=dict(
+      resolved.task_options, eval_split="validation")))
+  assert len(parsed) == 6 and task.seq_len == 6  # another split: built again
+  validate(resolved)
+  assert len(parsed) == 8  # what resolved() kept went to the first validate() after it
