@@ -88,11 +88,13 @@ IN_LOOP_ON = ("cpu",)
 # H >= 64). Below B = 64 a wide K does not tip it (lstm B=32 H=256, B*K = 2**15: 0.85, 0.76).
 # With the freed memory kept (`freed_memory_kept`) after the loop wins at every grid point.
 IN_LOOP_FROM_BATCH, IN_LOOP_FROM_BUFFER = 64, 2 ** 15
-# A memory cap, not a speed rule: past T·B·K = 2^27 floats (512 MiB a buffer in float32, two
-# buffers) the after-the-loop layout's [T, B, K] buffers cost more memory than the speed they buy
-# is worth (the lstm's train step at B=100 H=250 T=10000: XLA's temporaries 12.0 GB after the
-# loop, 4.0 GB in it), so the loop keeps the weight gradients, at 1.01-1.58x the time
-# (BUILD_NOTES.md, "The grid with the memory kept").
+# A memory cap, a policy and not a measured speed rule: past T·B·K = 2^27 floats (512 MiB a
+# buffer in float32) the per-step buffers (h·W_h and dpre; x·W_x and its gradient for wide
+# inputs) cost more memory than the speed they buy is worth (the lstm's train step at B=100
+# H=250 T=10000: XLA's temporaries 12.0 GB after the loop, 4.0 GB in it), so the loop keeps the
+# weight gradients (1.01-1.58x the time on the grid, below the cap; not timed past it). Per
+# layer, and over the batch dims `scan` sees (a vmapped group's runs multiply it). CPU only:
+# the GPU path stays as measured on GPUs, where the in-loop layout was never timed.
 AFTER_MAX_BUFFER = 2 ** 27
 LAYOUTS = ("after", "in_loop")
 _forced = None  # the layout `forced_layout` imposes, or None: the rule
@@ -149,7 +151,7 @@ def backward_layout(backend: str, batch: int, width: int, length: int, in_loop_o
     [H, T·B] x [T·B, K] product; "in_loop": keep only the state, recompute h·W_h and accumulate
     h_{t-1}ᵀ·dpre_t in the loop (as autodiff does) — no [T, B, K] buffers written and read.
   On the backends of `in_loop_on` (default `IN_LOOP_ON`, read now): in the loop past the memory
-  cap (T·B·K > AFTER_MAX_BUFFER), and at large batches (B >= IN_LOOP_FROM_BATCH and
+  cap (`over_memory_cap`), and at large batches (B >= IN_LOOP_FROM_BATCH and
   B·K >= IN_LOOP_FROM_BUFFER) unless inside `freed_memory_kept`; after it everywhere else.
   Inside `forced_layout`, its layout.
   """
@@ -157,12 +159,19 @@ def backward_layout(backend: str, batch: int, width: int, length: int, in_loop_o
     return _forced
   if backend not in (IN_LOOP_ON if in_loop_on is None else in_loop_on):
     return "after"
-  if length * batch * width > AFTER_MAX_BUFFER:
+  if over_memory_cap(backend, batch, width, length, in_loop_on):
     return "in_loop"
   if (not _memory_kept and batch >= IN_LOOP_FROM_BATCH
       and batch * width >= IN_LOOP_FROM_BUFFER):
     return "in_loop"
   return "after"
+
+
+def over_memory_cap(backend: str, batch: int, width: int, length: int, in_loop_on=None) -> bool:
+  """Whether a [T, B, K] buffer would pass AFTER_MAX_BUFFER floats on a backend of `in_loop_on`
+  (default `IN_LOOP_ON`): then neither h·W_h nor, for wide inputs, x·W_x is kept per step."""
+  return (backend in (IN_LOOP_ON if in_loop_on is None else in_loop_on)
+          and length * batch * width > AFTER_MAX_BUFFER)
 
 
 def projection_width(parts, params, h) -> int:
@@ -174,10 +183,12 @@ def projection_width(parts, params, h) -> int:
 def fused_run(parts):
   """The `FastLoop.run` of a cell declared by its `LoopParts`."""
   def run(params, xs_T, state0, active_T, unroll, resets=None):
-    batch = math.prod(xs_T.shape[1:-1])
-    layout = backward_layout(jax.default_backend(), batch,
-                             projection_width(parts, params, state0.h), xs_T.shape[0])
-    scan_fn = make_fused_scan(parts, unroll, store_input_projection=xs_T.shape[-1] > NARROW_INPUT,
+    backend, batch, length = jax.default_backend(), math.prod(xs_T.shape[1:-1]), xs_T.shape[0]
+    width = projection_width(parts, params, state0.h)
+    layout = backward_layout(backend, batch, width, length)
+    # past the memory cap no [T, B, K] buffer is kept, the input side's (px, dpx) included
+    store_px = xs_T.shape[-1] > NARROW_INPUT and not over_memory_cap(backend, batch, width, length)
+    scan_fn = make_fused_scan(parts, unroll, store_input_projection=store_px,
                               weights_in_loop=layout == "in_loop")
     at_T, reset_state = (None, None) if resets is None else resets
     return scan_fn(params, xs_T, state0, active_T, at_T, reset_state)

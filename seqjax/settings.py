@@ -319,13 +319,15 @@ def _check_task_options(s: Settings) -> None:
       check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
 
 
-# The task `resolved()` built to learn a data-length task's seq_len, kept for the `validate()`
-# that follows, which takes it (so uea parses its files once per launch, not twice).
+# The task `resolved()` built to learn a data-length task's seq_len, handed to the next
+# `_make_task` (validate's, in a launch), which takes it if its settings name the same task: so
+# uea parses its files once, not twice. One-shot: whatever the next call is, it empties this, so
+# the data is not held on to; files changed between the two calls are not seen.
 _built_for_length = [None, None]
 
 
 def _task_key(s: Settings):
-  return s.task, s.seq_len, repr(sorted(s.task_options.items()))
+  return s.task, s.seq_len, dict(s.task_options)
 
 
 def _make_task(s: Settings) -> tasks.Task:

@@ -135,6 +135,27 @@ def test_the_in_loop_layout_matches_the_literal_loop(name, with_lengths, remat, 
   assert layouts and all(layouts)
 
 
+@pytest.mark.parametrize("name, input_size", [("gru", 40), ("lstm", F)])
+def test_past_the_memory_cap_no_per_step_projection_is_kept(name, input_size, monkeypatch):
+  """Past AFTER_MAX_BUFFER (here lowered to the test's T·B·K - 1) the loop keeps neither h·W_h
+  nor a wide input's x·W_x, and still gives the literal loop's values and gradients; at the cap
+  a wide input's projection is stored again."""
+  seen, make = [], _fused.make_fused_scan
+  monkeypatch.setattr(_fused, "make_fused_scan", lambda *a, **kw: seen.append(
+      (kw["store_input_projection"], kw["weights_in_loop"])) or make(*a, **kw))
+  gates = {"gru": 3, "lstm": 4}[name]
+  monkeypatch.setattr(_fused, "AFTER_MAX_BUFFER", 10 * 3 * gates * H - 1)  # T=10, B=3, K
+  # (store_input_projection, weights_in_loop) of the T = 10 scan; the call before it is the
+  # T = 4 prefix that makes state0, under the cap
+  _check_against_the_literal_loop(name, True, False, input_size)
+  assert len(seen) == 2 and seen[1] == (False, True)
+  seen.clear()
+  monkeypatch.setattr(_fused, "AFTER_MAX_BUFFER", 10 * 3 * gates * H)
+  with _fused.freed_memory_kept():
+    _check_against_the_literal_loop(name, True, False, input_size)
+  assert len(seen) == 2 and seen[1] == (input_size > _fused.NARROW_INPUT, False)
+
+
 def _program(text):
   """Compiled HLO text without what names the source: metadata and the stack-frame tables."""
   import re
