@@ -145,9 +145,7 @@ class Settings:
     out = dataclasses.replace(self, **fill)
     if out.seq_len is None and from_data:  # the length of its data: the task, built, knows it
       _check_task_options(out)
-      task = _make_task(out)
-      out = dataclasses.replace(out, seq_len=task.seq_len)
-      _built_for_length[:] = [_task_key(out), task]
+      out = dataclasses.replace(out, seq_len=_make_task(out).seq_len)
     return out if out.workdir else dataclasses.replace(out, workdir=default_workdir(out))
 
   def with_learning_rate(self, recorded: Optional[dict] = None) -> "Settings":
@@ -319,23 +317,8 @@ def _check_task_options(s: Settings) -> None:
       check(isinstance(value, option.kind), name, value, f"must be a {option.kind.__name__}")
 
 
-# The task `resolved()` built to learn a data-length task's seq_len, handed to the next
-# `_make_task` (validate's, in a launch), which takes it if its settings name the same task: so
-# uea parses its files once, not twice. One-shot: whatever the next call is, it empties this, so
-# the data is not held on to; files changed between the two calls are not seen.
-_built_for_length = [None, None]
-
-
-def _task_key(s: Settings):
-  return s.task, s.seq_len, dict(s.task_options)
-
-
 def _make_task(s: Settings) -> tasks.Task:
   """The task of `s`, a factory's complaint as a RunError."""
-  key, task = _built_for_length
-  _built_for_length[:] = [None, None]
-  if key is not None and key == _task_key(s):
-    return task
   try:
     return tasks.get(s.task, seq_len=s.seq_len, **s.task_options)
   except tasks.OptionError as e:  # the task's own check names its option, so the flag's

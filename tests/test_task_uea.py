@@ -294,13 +294,14 @@ def test_the_launcher_runs_it_named_by_its_dataset_and_refuses_what_it_cannot_re
 
 
 def test_a_launch_parses_the_files_once(tmp_path, monkeypatch):
-  """resolved() builds the task to learn its length; validate() takes that task rather than
-  parsing the files again, and only for the same options."""
+  """resolved() builds the task to learn its length and validate() builds it again: the files
+  are parsed once, and again only once they change."""
   from seqjax import experiment
   from seqjax.settings import Settings, validate
   parsed, parse = [], uea.parse_ts
   monkeypatch.setattr(uea, "parse_ts", lambda text, where: parsed.append(where) or parse(text, where))
-  options = {"dataset": "Toy", "data_dir": write(tmp_path / "d")}
+  folder = tmp_path / "d"
+  options = {"dataset": "Toy", "data_dir": write(folder)}
   s = Settings(task="uea", task_options=options, model="rnn", hidden_size=2, batch_size=4,
                num_steps=1, eval_every=1, workdir=str(tmp_path / "run"))
   experiment.run(s, log=lambda line: None)
@@ -308,6 +309,7 @@ def test_a_launch_parses_the_files_once(tmp_path, monkeypatch):
   resolved = s.resolved()
   task = validate(dataclasses.replace(resolved, task_options=dict(
       resolved.task_options, eval_split="validation")))
-  assert len(parsed) == 6 and task.seq_len == 6  # another split: built again
-  validate(resolved)
-  assert len(parsed) == 8  # what resolved() kept went to the first validate() after it
+  assert len(parsed) == 2 and task.seq_len == 6  # another split of the same files
+  write(folder, test_series=TEST + [([[1.0] * 8, [2.0] * 8], "a")])  # now 8 steps long
+  assert Settings(task="uea", task_options=options).resolved().seq_len == 8
+  assert len(parsed) == 4  # the changed files, read again

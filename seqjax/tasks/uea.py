@@ -23,6 +23,7 @@ split); "validation" holds out a fixed fifth of the training file (shuffled with
 last fifth: the same in every run), trains on the rest and evaluates on that fifth.
 """
 
+import functools
 import glob
 import os
 import re
@@ -223,8 +224,34 @@ def _texts(data_dir: str, dataset: str) -> list:
   return [(where, raw.decode("utf-8", errors="replace")) for where, raw in out]
 
 
+def _sources(data_dir: str, dataset: str) -> tuple:
+  """(path, size, mtime) of the files `_texts` reads: the two `.ts` files where either is
+  there, else the wheel; () where there is neither (`_texts` says so)."""
+  files = [os.path.join(data_dir, f"{dataset}_{part}.ts") for part in PARTS]
+  if not any(os.path.exists(f) for f in files):
+    wheel = _wheel(data_dir)
+    files = [wheel] if wheel else []
+  out = []
+  for f in files:
+    try:
+      st = os.stat(f)
+      out.append((f, st.st_size, st.st_mtime_ns))
+    except OSError:
+      out.append((f, None, None))  # `_texts` names what is wrong with it
+  return tuple(out)
+
+
 def load(data_dir: str, dataset: str):
-  """(train, test) Series of `dataset` in data_dir, checked to agree (channels, classes)."""
+  """(train, test) Series of `dataset` in data_dir, checked to agree (channels, classes). Parsed
+  once per version of its files: a launch builds the task twice (`Settings.resolved` learns its
+  length from it, `validate` builds it), and `launch.compare` once per group."""
+  return _load(data_dir, dataset, _sources(data_dir, dataset))
+
+
+@functools.lru_cache(maxsize=2)
+def _load(data_dir: str, dataset: str, sources: tuple):
+  """`load`; `sources` (the files' sizes and times) only keys the cache: a changed file is read
+  again. The Series are shared between callers, who do not change them."""
   (train_file, train_text), (where, test_text) = _texts(data_dir, dataset)
   train, test = parse_ts(train_text, train_file), parse_ts(test_text, where)
   if test.classes != train.classes:
