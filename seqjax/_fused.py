@@ -97,26 +97,28 @@ IN_LOOP_FROM_BATCH, IN_LOOP_FROM_BUFFER = 64, 2 ** 15
 # the GPU path stays as measured on GPUs, where the in-loop layout was never timed.
 AFTER_MAX_BUFFER = 2 ** 27
 LAYOUTS = ("after", "in_loop")
-_forced = None  # the layout `forced_layout` imposes, or None: the rule
-_memory_kept = False  # inside `freed_memory_kept`
+# What `forced_layout` and `freed_memory_kept` set, read when a step is traced.
+_state = {"forced": None, "memory_kept": False}
 
 
 @contextlib.contextmanager
+def _setting(name, value):
+  saved, _state[name] = _state[name], value
+  try:
+    yield
+  finally:
+    _state[name] = saved
+
+
 def forced_layout(layout: str):
   """Inside, every hand-written backward pass traced takes `layout` ("after" or "in_loop")
   whatever `backward_layout`'s rule says (benchmarks of both, tests of both). jit traces at a
   function's first call: make that call inside."""
   if layout not in LAYOUTS:
     raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-  global _forced
-  saved, _forced = _forced, layout
-  try:
-    yield
-  finally:
-    _forced = saved
+  return _setting("forced", layout)
 
 
-@contextlib.contextmanager
 def freed_memory_kept():
   """Inside, `backward_layout` knows what it cannot see: that the host's allocator keeps the
   memory a step frees (glibc told so by mallopt or by MALLOC_MMAP_MAX_=0
@@ -124,22 +126,17 @@ def freed_memory_kept():
   after-the-loop layout's buffers fault no new pages at each call, and the rule takes it at
   every batch up to the memory cap (AFTER_MAX_BUFFER). jit traces at a function's first call:
   make that call inside."""
-  global _memory_kept
-  saved, _memory_kept = _memory_kept, True
-  try:
-    yield
-  finally:
-    _memory_kept = saved
+  return _setting("memory_kept", True)
 
 
 def forced() -> str | None:
   """The layout `forced_layout` imposes now, or None (the rule decides)."""
-  return _forced
+  return _state["forced"]
 
 
 def memory_kept() -> bool:
   """Whether the rule runs inside `freed_memory_kept` now."""
-  return _memory_kept
+  return _state["memory_kept"]
 
 
 def backward_layout(backend: str, batch: int, width: int, length: int, in_loop_on=None) -> str:
@@ -151,27 +148,24 @@ def backward_layout(backend: str, batch: int, width: int, length: int, in_loop_o
     [H, T·B] x [T·B, K] product; "in_loop": keep only the state, recompute h·W_h and accumulate
     h_{t-1}ᵀ·dpre_t in the loop (as autodiff does) — no [T, B, K] buffers written and read.
   On the backends of `in_loop_on` (default `IN_LOOP_ON`, read now): in the loop past the memory
-  cap (`over_memory_cap`), and at large batches (B >= IN_LOOP_FROM_BATCH and
-  B·K >= IN_LOOP_FROM_BUFFER) unless inside `freed_memory_kept`; after it everywhere else.
+  cap (`over_memory_cap`; then no wide input's x·W_x is kept either), and at large batches
+  (B >= IN_LOOP_FROM_BATCH and B·K >= IN_LOOP_FROM_BUFFER) unless inside `freed_memory_kept`;
+  after it everywhere else.
   Inside `forced_layout`, its layout.
   """
-  if _forced is not None:
-    return _forced
+  if forced() is not None:
+    return forced()
   if backend not in (IN_LOOP_ON if in_loop_on is None else in_loop_on):
     return "after"
-  if over_memory_cap(backend, batch, width, length, in_loop_on):
-    return "in_loop"
-  if (not _memory_kept and batch >= IN_LOOP_FROM_BATCH
-      and batch * width >= IN_LOOP_FROM_BUFFER):
+  large_batch = batch >= IN_LOOP_FROM_BATCH and batch * width >= IN_LOOP_FROM_BUFFER
+  if over_memory_cap(batch, width, length) or large_batch and not memory_kept():
     return "in_loop"
   return "after"
 
 
-def over_memory_cap(backend: str, batch: int, width: int, length: int, in_loop_on=None) -> bool:
-  """Whether a [T, B, K] buffer would pass AFTER_MAX_BUFFER floats on a backend of `in_loop_on`
-  (default `IN_LOOP_ON`): then neither h·W_h nor, for wide inputs, x·W_x is kept per step."""
-  return (backend in (IN_LOOP_ON if in_loop_on is None else in_loop_on)
-          and length * batch * width > AFTER_MAX_BUFFER)
+def over_memory_cap(batch: int, width: int, length: int) -> bool:
+  """Whether a [T, B, K] buffer would pass AFTER_MAX_BUFFER floats."""
+  return length * batch * width > AFTER_MAX_BUFFER
 
 
 def projection_width(parts, params, h) -> int:
@@ -183,11 +177,12 @@ def projection_width(parts, params, h) -> int:
 def fused_run(parts):
   """The `FastLoop.run` of a cell declared by its `LoopParts`."""
   def run(params, xs_T, state0, active_T, unroll, resets=None):
-    backend, batch, length = jax.default_backend(), math.prod(xs_T.shape[1:-1]), xs_T.shape[0]
+    batch, length = math.prod(xs_T.shape[1:-1]), xs_T.shape[0]
     width = projection_width(parts, params, state0.h)
-    layout = backward_layout(backend, batch, width, length)
-    # past the memory cap no [T, B, K] buffer is kept, the input side's (px, dpx) included
-    store_px = xs_T.shape[-1] > NARROW_INPUT and not over_memory_cap(backend, batch, width, length)
+    layout = backward_layout(jax.default_backend(), batch, width, length)
+    # in the loop past the memory cap no [T, B, K] buffer is kept, the input side's included
+    store_px = xs_T.shape[-1] > NARROW_INPUT and not (
+        layout == "in_loop" and over_memory_cap(batch, width, length))
     scan_fn = make_fused_scan(parts, unroll, store_input_projection=store_px,
                               weights_in_loop=layout == "in_loop")
     at_T, reset_state = (None, None) if resets is None else resets
